@@ -1,0 +1,54 @@
+"""The ``nashmoe`` command line.
+
+Subcommands live in their own modules and are imported only when invoked, so ``nashmoe --help``
+stays fast and optional dependencies are never imported for commands that do not need them.
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nashmoe._version import __version__
+
+# name -> (module, one-line help). Keep alphabetical within each group.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<14} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    parser = argparse.ArgumentParser(
+        prog="nashmoe",
+        description="Nash-bargaining expert merging for sparse Mixture-of-Experts (NAMEx) and friends.",
+        epilog="subcommands:\n" + "\n".join(lines) + "\n\nRun `nashmoe <subcommand> --help` for its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nashmoe {__version__}")
+    parser.add_argument("subcommand", nargs="?", choices=sorted(SUBCOMMANDS), metavar="subcommand")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nashmoe`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0].startswith("-"):
+        top.parse_args(argv)  # handles --help / --version, errors on anything else
+        top.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        top.error(f"unknown subcommand {name!r} (choose from {', '.join(sorted(SUBCOMMANDS))})")
+    module_name, help_ = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
