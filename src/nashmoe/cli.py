@@ -22,8 +22,10 @@ def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<14} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="nashmoe",
-        description="Nash-bargaining expert merging for sparse Mixture-of-Experts (NAMEx) and friends.",
-        epilog="subcommands:\n" + "\n".join(lines) + "\n\nRun `nashmoe <subcommand> --help` for its options.",
+        description="Nash-bargaining expert merging for sparse Mixture-of-Experts (NAMEx).",
+        epilog="subcommands:\n"
+        + "\n".join(lines)
+        + "\n\nRun `nashmoe <subcommand> --help` for its options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"nashmoe {__version__}")

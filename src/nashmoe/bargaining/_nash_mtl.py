@@ -74,7 +74,9 @@ class NashMTL(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(update_weights_every, int) or update_weights_every < 1:
-            raise ValueError(f"update_weights_every must be an integer >= 1, got {update_weights_every!r}")
+            raise ValueError(
+                f"update_weights_every must be an integer >= 1, got {update_weights_every!r}"
+            )
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be positive or None, got {max_norm!r}")
         if fallback not in ("last", "uniform"):
@@ -95,7 +97,7 @@ class NashMTL(nn.Module):
         self.step.zero_()
         self.num_fallbacks.zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The number of tasks is only known after the first call: resize before loading.
         key = prefix + "alpha"
         if key in state_dict:

@@ -88,7 +88,7 @@ def _as_gram(gram: Tensor) -> Tensor:
     if not isinstance(gram, Tensor):
         try:
             gram = torch.as_tensor(gram)
-        except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
+        except Exception as exc:
             raise ValueError(f"gram must be a tensor, got {type(gram).__name__}") from exc
     return gram
 
@@ -161,11 +161,7 @@ def _solve(
     finite = torch.isfinite(k).flatten(-2).all(-1)
     # A player whose vector is zero (relative to the largest one, at rounding level) cannot be
     # improved: no Nash point exists. So are all-zero or non-finite problems.
-    degenerate = (
-        ~finite
-        | ~(max_diag > finfo.tiny)
-        | ~(diag.amin(-1) > (finfo.eps**2) * max_diag)
-    )
+    degenerate = ~finite | ~(max_diag > finfo.tiny) | ~(diag.amin(-1) > (finfo.eps**2) * max_diag)
     safe_diag = torch.where(degenerate[..., None], torch.ones_like(diag), diag)
     inv_sqrt_diag = safe_diag.rsqrt()
     eye = torch.eye(n, dtype=cdtype, device=device)
@@ -219,6 +215,7 @@ def _solve(
         live = live & (beta.amax(-1) <= cap)
 
     diverged = ~degenerate & ~live
+
     def residual_of(b: Tensor, k_b: Tensor) -> Tensor:
         # Relative residual in the original coordinates: ‖D⁻¹(K̂β − 1/β)‖ / ‖D⁻¹/β‖.
         inv_b = b.reciprocal()
