@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from nashmoe._version import __version__
 
 # name -> (module, one-line help). Keep alphabetical within each group.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("nashmoe.data._cli", "corpus split statistics: sizes, vocabulary, OOV rates"),
+}
 
 
 def _top_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,56 @@
+"""``nashmoe data``: load a corpus and print its split statistics (optionally as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nashmoe.data._corpus import CORPORA, SPLITS, TOKENIZERS, load_corpus
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", choices=CORPORA, default="shakespeare")
+    parser.add_argument(
+        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+    )
+    parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
+    parser.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")
+    parser.add_argument("--min-freq", type=int, default=None, help="word vocabulary cut-off")
+    parser.add_argument("--bpe-vocab-size", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write corpus.info here")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        corpus = load_corpus(
+            args.corpus,
+            tokenizer=args.tokenizer,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            min_freq=args.min_freq,
+            bpe_vocab_size=args.bpe_vocab_size,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"nashmoe data: error: {e}", file=sys.stderr)
+        return 2
+    info = corpus.info
+    print(f"corpus {info['corpus']}  tokenizer {info['tokenizer']}  vocab {info['vocab_size']:,}")
+    print(f"source: {info['source']}")
+    print(f"split:  {info['split_rule']}")
+    extra = [k for k in ("files", "sentences", "words") if k in info["splits"]["train"]]
+    head = ["split", *extra, "chars", "tokens", "OOV"]
+    print("".join(f"{h:>12}" for h in head))
+    for s in SPLITS:
+        row = info["splits"][s]
+        cells = [s, *(f"{row[k]:,}" for k in [*extra, "chars", "tokens"])]
+        cells.append(f"{100 * info['oov_rate'][s]:.2f}%")
+        print("".join(f"{c:>12}" for c in cells))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(info, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
