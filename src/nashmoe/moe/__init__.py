@@ -1,0 +1,45 @@
+"""The MoE layer family: SMoE, SMEAR, CAMEx, EP-CAMEx and NAMEx (-Full, -Mom).
+
+Papers:
+- NAMEx: Nguyen et al., "Expert Merging in Sparse Mixture of Experts with Nash Bargaining",
+  ICLR 2026, arXiv 2510.16138.
+- CAMEx: Nguyen et al., "CAMEx: Curvature-aware Merging of Experts", ICLR 2025, arXiv 2502.18821.
+- SMEAR: Muqeeth, Liu, Raffel, "Soft Merging of Experts with Adaptive Routing", arXiv 2306.03745.
+- Lory (segment routing): Zhong et al., arXiv 2405.03133.
+- Complex momentum: Lorraine et al., "Complex Momentum for Optimization in Games", arXiv 2102.08431.
+- Switch load balancing: Fedus, Zoph, Shazeer, arXiv 2101.03961; z-loss: Zoph et al., arXiv 2202.08906.
+"""
+
+from nashmoe.moe.aux import MoEAux, collect_aux, router_z_loss, switch_balance_loss
+from nashmoe.moe.config import (
+    MERGING_METHODS,
+    METHODS,
+    MOMENTUM_METHODS,
+    NASH_METHODS,
+    PROPAGATING_METHODS,
+    MoEConfig,
+)
+from nashmoe.moe.curvature import KroneckerCurvature
+from nashmoe.moe.layer import MoEFeedForward, SegmentCache
+from nashmoe.moe.layout import ExpertLayout
+from nashmoe.moe.state import PropagationChain, PropagationState, link_moe_layers
+
+__all__ = [
+    "MERGING_METHODS",
+    "METHODS",
+    "MOMENTUM_METHODS",
+    "NASH_METHODS",
+    "PROPAGATING_METHODS",
+    "ExpertLayout",
+    "KroneckerCurvature",
+    "MoEAux",
+    "MoEConfig",
+    "MoEFeedForward",
+    "PropagationChain",
+    "PropagationState",
+    "SegmentCache",
+    "collect_aux",
+    "link_moe_layers",
+    "router_z_loss",
+    "switch_balance_loss",
+]

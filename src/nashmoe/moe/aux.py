@@ -1,0 +1,98 @@
+"""What every MoE forward hands back besides its output: losses and diagnostics.
+
+Losses (named as their papers name them):
+
+- Load balancing, Switch style (Fedus, Zoph, Shazeer, arXiv 2101.03961): ``N · Σ_i f_i · P_i`` with
+  f_i the fraction of routing assignments sent to expert i and P_i the mean router probability of
+  expert i. For ``smoe`` an assignment is one of the top-k choices of a token; for the merging
+  methods (no discrete choice) f_i is the fraction of routing units whose highest score is expert i
+  and P_i the mean score over units: the same quantity, minimised by uniform use.
+- Router z-loss (Zoph et al., "ST-MoE", arXiv 2202.08906): mean over routing decisions of
+  ``logsumexp(logits)²``.
+
+Each layer overwrites (never appends) its ``last_aux`` on every forward, so activation
+checkpointing cannot double count; :func:`collect_aux` gathers them across a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nashmoe.moe.state import PropagationState
+
+__all__ = ["MoEAux", "collect_aux", "router_z_loss", "switch_balance_loss"]
+
+
+@dataclass
+class MoEAux:
+    """Auxiliary outputs of one MoE layer for one forward pass.
+
+    Attributes:
+        loss: the term to add to the training loss: ``balance_coef · balance_loss +
+            z_loss_coef · z_loss``.
+        balance_loss, z_loss: the unscaled losses (0 for ``dense``).
+        load: fraction of routing assignments per expert ``[N]`` (f_i above).
+        importance: mean router probability per expert ``[N]`` (P_i above).
+        alpha: the Nash weights used by this layer's propagation ``[N]`` (NAMEx), else None.
+        residual, status: of this layer's own solve (None where α was reused or not used).
+        solved: whether this layer solved the bargaining problem itself.
+        fallbacks: 1 if this layer's solve was degenerate or infeasible and fell back to
+            uniform weights, else 0 (a 0-dim tensor, no host synchronisation).
+        not_converged: 1 if this layer's solve hit ``nash_max_iter`` without converging.
+        eta: the merge step η of this layer (CAMEx family), else None.
+        state: the propagation state for the next MoE layer (None for non-propagating methods
+            unless a state was passed through).
+    """
+
+    loss: Tensor
+    balance_loss: Tensor
+    z_loss: Tensor
+    load: Tensor | None = None
+    importance: Tensor | None = None
+    alpha: Tensor | None = None
+    residual: Tensor | None = None
+    status: Tensor | None = None
+    solved: bool = False
+    fallbacks: Tensor | None = None
+    not_converged: Tensor | None = None
+    eta: Tensor | None = None
+    state: PropagationState | None = None
+
+
+def switch_balance_loss(
+    probs: Tensor, assignments: Tensor, num_experts: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Switch load-balancing loss ``N · Σ f_i P_i``.
+
+    Args:
+        probs: router probabilities ``[M, N]`` (rows sum to 1).
+        assignments: chosen expert indices ``[M, k]``.
+
+    Returns:
+        ``(loss, load f [N], importance P [N])``.
+    """
+    flat = assignments.reshape(-1)
+    load = torch.bincount(flat, minlength=num_experts).to(probs.dtype) / max(flat.numel(), 1)
+    importance = probs.mean(dim=0)
+    return num_experts * (load * importance).sum(), load, importance
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def collect_aux(model: nn.Module) -> list[MoEAux]:
+    """The ``last_aux`` of every MoE layer of ``model`` (registration order) from its last
+    forward pass."""
+    from nashmoe.moe.layer import MoEFeedForward
+
+    return [
+        m.last_aux
+        for m in model.modules()
+        if isinstance(m, MoEFeedForward) and m.last_aux is not None
+    ]

@@ -1,0 +1,308 @@
+"""Configuration of one MoE feed-forward layer: a small frozen dataclass, validated on creation.
+
+Method-specific fields default to ``None`` and resolve to the method's documented default, so a
+field given to a method that does not use it (``gamma`` for CAMEx, ``top_k`` for NAMEx) is an
+error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+__all__ = [
+    "MERGING_METHODS",
+    "METHODS",
+    "MOMENTUM_METHODS",
+    "NASH_METHODS",
+    "PROPAGATING_METHODS",
+    "MoEConfig",
+]
+
+METHODS = (
+    "dense",
+    "smoe",
+    "smear",
+    "camex",
+    "ep-camex",
+    "namex",
+    "namex-full",
+    "namex-mom",
+    "namex-full-mom",
+)
+"""Every method, in the order tables list them."""
+
+MERGING_METHODS = (
+    "smear",
+    "camex",
+    "ep-camex",
+    "namex",
+    "namex-full",
+    "namex-mom",
+    "namex-full-mom",
+)
+"""Methods that merge the experts into one expert per routing unit."""
+
+CURVED_METHODS = ("camex", "ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom")
+"""Methods with a base expert, domain vectors τ_i = E_i − E_m and the curvature-aware merge."""
+
+PROPAGATING_METHODS = ("ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom")
+"""Methods that propagate the base expert from one MoE layer to the next."""
+
+NASH_METHODS = ("namex", "namex-full", "namex-mom", "namex-full-mom")
+"""Methods whose propagation direction is the Nash bargaining solution among the experts."""
+
+MOMENTUM_METHODS = ("namex-mom", "namex-full-mom")
+"""Methods with complex momentum across layers."""
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+UNITS = ("token", "segment", "sequence", "image")
+
+# Defaults chosen by the sweep documented in docs/design.md ("Defaults").
+DEFAULT_TOP_K = 2
+DEFAULT_ETA = 2.0
+DEFAULT_GAMMA = 1.0
+DEFAULT_MOMENTUM = 0.5
+DEFAULT_MOMENTUM_ANGLE = math.pi / 6
+DEFAULT_CURVATURE_RANK = 1
+DEFAULT_CURVATURE_INIT = 1.0
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Settings of :class:`nashmoe.moe.MoEFeedForward`.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        d_model, d_ff: model width and expert (FFN) width.
+        num_experts: N (ignored by ``dense``).
+        top_k: experts per token for ``smoe`` (default 2).
+        activation: ``gelu``, ``gelu_tanh``, ``relu`` or ``silu``.
+        glu: gated expert ``act(x W_gateᵀ) ⊙ (x W_inᵀ)`` (HF's gate/up convention).
+        bias: expert biases.
+        eta: initial merge step η (CAMEx family), learnable when ``learn_eta``. Default 2.0: with
+            η = 1, identity curvature and softmax scores the merge collapses to SMEAR and the
+            base expert has no effect (spec section 2).
+        gamma: propagation step γ (EP-CAMEx and NAMEx variants).
+        momentum: r ∈ [0, 1) of the complex momentum β = r e^{iφ} (-mom variants).
+        momentum_angle: φ ∈ (−π, π] (-mom variants).
+        nash_every: Δl, re-solve α every Δl MoE layers (1 for the -full variants; ``None`` = only
+            at the first MoE layer, the plain NAMEx).
+        nash_max_iter, nash_tol: the bargaining budget per solve (warm-started across steps).
+        curvature_rank: R, rank of the Kronecker curvature operator M_i (0 = identity).
+        curvature_init: initial scale c of M_i (M_i = c·I at initialisation).
+        step_norm: ``"nash"`` (ΔE = Σ α_i τ_i, norm √N) or ``"mean"`` (ΔE rescaled to the norm of
+            the plain mean of the τ_i, which makes γ comparable to EP-CAMEx).
+        bargain_on: ``"tau"`` (the paper) or ``"curved_tau"`` (bargain on M_i(τ_i)).
+        differentiable_alpha: implicit differentiation through α (default: α is a constant).
+        router_noise: std of Gaussian noise added to router logits in training.
+        balance_coef: coefficient of the load-balancing loss (Switch-style; 0.01 as MomentumSMoE).
+        z_loss_coef: coefficient of the router z-loss (ST-MoE; off by default).
+        merge_mask: ``"none"`` or ``"ties"`` (TIES sign-agreement mask on the τ_i, as CAMEx's
+            best GLUE variant).
+        unit: routing unit of the merging methods: ``"token"``, ``"segment"`` (causal LM),
+            ``"sequence"`` (encoder; masked mean) or ``"image"``. Default ``"segment"``;
+            ``smoe`` always routes per token.
+        segment_len: T, tokens per segment.
+        first_segment: ``"prior"`` (strictly causal: a learned prior routing distribution) or
+            ``"self"`` (segment 0 routed by its own mean, as the public CAMEx/Lory code; leaks
+            future tokens of segment 0 into its earlier positions).
+        init_std: std of the normal initialisation of expert and base weights.
+        out_init_std: std for the output projections (default ``init_std``).
+    """
+
+    method: str
+    d_model: int
+    d_ff: int
+    num_experts: int = 8
+    top_k: int | None = None
+    activation: str = "gelu"
+    glu: bool = False
+    bias: bool = False
+    eta: float | None = None
+    learn_eta: bool | None = None
+    gamma: float | None = None
+    momentum: float | None = None
+    momentum_angle: float | None = None
+    nash_every: int | None = None
+    nash_max_iter: int = 20
+    nash_tol: float = 1e-6
+    curvature_rank: int | None = None
+    curvature_init: float | None = None
+    step_norm: str | None = None
+    bargain_on: str | None = None
+    differentiable_alpha: bool | None = None
+    router_noise: float = 0.0
+    balance_coef: float = 0.01
+    z_loss_coef: float = 0.0
+    merge_mask: str | None = None
+    unit: str | None = None
+    segment_len: int | None = None
+    first_segment: str | None = None
+    init_std: float = 0.02
+    out_init_std: float | None = None
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def is_merging(self) -> bool:
+        return self.method in MERGING_METHODS
+
+    @property
+    def is_curved(self) -> bool:
+        return self.method in CURVED_METHODS
+
+    @property
+    def propagates(self) -> bool:
+        return self.method in PROPAGATING_METHODS
+
+    @property
+    def uses_nash(self) -> bool:
+        return self.method in NASH_METHODS
+
+    @property
+    def uses_momentum(self) -> bool:
+        return self.method in MOMENTUM_METHODS
+
+    def replace(self, **changes) -> MoEConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        m = self.method
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        for name in ("d_model", "d_ff", "num_experts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
+
+        def only_for(field: str, methods: tuple[str, ...], what: str) -> bool:
+            given = getattr(self, field) is not None
+            if given and m not in methods:
+                raise ValueError(f"{field} is only used by {what}, not by method {m!r}")
+            return given
+
+        def resolve(field: str, value) -> None:
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, value)
+
+        # smoe
+        only_for("top_k", ("smoe",), "method 'smoe'")
+        if m == "smoe":
+            resolve("top_k", DEFAULT_TOP_K)
+            if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_experts:
+                raise ValueError(
+                    f"top_k must be an integer in [1, num_experts={self.num_experts}], "
+                    f"got {self.top_k!r}"
+                )
+        # curvature-aware merge (CAMEx family)
+        curved = "the CAMEx family (camex, ep-camex, namex*)"
+        for f in ("eta", "learn_eta", "curvature_rank", "curvature_init", "merge_mask"):
+            only_for(f, CURVED_METHODS, curved)
+        if self.is_curved:
+            resolve("eta", DEFAULT_ETA)
+            resolve("learn_eta", True)
+            resolve("curvature_rank", DEFAULT_CURVATURE_RANK)
+            resolve("curvature_init", DEFAULT_CURVATURE_INIT)
+            resolve("merge_mask", "none")
+            if not math.isfinite(self.eta):
+                raise ValueError(f"eta must be finite, got {self.eta!r}")
+            if not isinstance(self.curvature_rank, int) or self.curvature_rank < 0:
+                raise ValueError(
+                    f"curvature_rank must be a non-negative integer, got {self.curvature_rank!r}"
+                )
+            if not (math.isfinite(self.curvature_init) and self.curvature_init > 0):
+                raise ValueError(f"curvature_init must be positive, got {self.curvature_init!r}")
+            if self.merge_mask not in ("none", "ties"):
+                raise ValueError(f"merge_mask must be 'none' or 'ties', got {self.merge_mask!r}")
+        # propagation
+        only_for("gamma", PROPAGATING_METHODS, "propagating methods (ep-camex, namex*)")
+        if self.propagates:
+            resolve("gamma", DEFAULT_GAMMA)
+            if not math.isfinite(self.gamma):
+                raise ValueError(f"gamma must be finite, got {self.gamma!r}")
+        # Nash bargaining
+        nash = "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)"
+        for f in ("nash_every", "step_norm", "bargain_on", "differentiable_alpha"):
+            only_for(f, NASH_METHODS, nash)
+        if self.uses_nash:
+            full = m in ("namex-full", "namex-full-mom")
+            if full and self.nash_every not in (None, 1):
+                raise ValueError(
+                    f"method {m!r} re-solves at every layer (nash_every=1); use 'namex' or "
+                    f"'namex-mom' with nash_every={self.nash_every} for other intervals"
+                )
+            resolve("nash_every", 1 if full else None)
+            if self.nash_every is not None and (
+                not isinstance(self.nash_every, int) or self.nash_every < 1
+            ):
+                raise ValueError(
+                    f"nash_every must be a positive integer or None, got {self.nash_every!r}"
+                )
+            resolve("step_norm", "nash")
+            resolve("bargain_on", "tau")
+            resolve("differentiable_alpha", False)
+            if self.step_norm not in ("nash", "mean"):
+                raise ValueError(f"step_norm must be 'nash' or 'mean', got {self.step_norm!r}")
+            if self.bargain_on not in ("tau", "curved_tau"):
+                raise ValueError(
+                    f"bargain_on must be 'tau' or 'curved_tau', got {self.bargain_on!r}"
+                )
+            if not isinstance(self.nash_max_iter, int) or self.nash_max_iter < 1:
+                raise ValueError(
+                    f"nash_max_iter must be a positive integer, got {self.nash_max_iter!r}"
+                )
+            if not self.nash_tol > 0:
+                raise ValueError(f"nash_tol must be positive, got {self.nash_tol!r}")
+        # complex momentum
+        mom = "the momentum methods (namex-mom, namex-full-mom)"
+        only_for("momentum", MOMENTUM_METHODS, mom)
+        only_for("momentum_angle", MOMENTUM_METHODS, mom)
+        if self.uses_momentum:
+            resolve("momentum", DEFAULT_MOMENTUM)
+            resolve("momentum_angle", DEFAULT_MOMENTUM_ANGLE)
+            if not 0 <= self.momentum < 1:
+                raise ValueError(f"momentum r must be in [0, 1), got {self.momentum!r}")
+            if not -math.pi < self.momentum_angle <= math.pi:
+                raise ValueError(
+                    f"momentum_angle phi must be in (-pi, pi], got {self.momentum_angle!r}"
+                )
+        # routing units
+        merging = "the merging methods (smear, camex, ep-camex, namex*)"
+        only_for("unit", MERGING_METHODS, merging + "; smoe always routes per token")
+        only_for("first_segment", MERGING_METHODS, merging)
+        only_for("segment_len", MERGING_METHODS, merging)
+        if self.is_merging:
+            resolve("unit", "segment")
+            if self.unit not in UNITS:
+                raise ValueError(f"unknown unit {self.unit!r}; choose from {', '.join(UNITS)}")
+            if self.unit != "segment":
+                if self.segment_len is not None or self.first_segment is not None:
+                    raise ValueError("segment_len and first_segment apply to unit='segment' only")
+            else:
+                resolve("segment_len", 256)
+                resolve("first_segment", "prior")
+                if not isinstance(self.segment_len, int) or self.segment_len < 1:
+                    raise ValueError(
+                        f"segment_len must be a positive integer, got {self.segment_len!r}"
+                    )
+                if self.first_segment not in ("prior", "self"):
+                    raise ValueError(
+                        f"first_segment must be 'prior' or 'self', got {self.first_segment!r}"
+                    )
+        for name in ("router_noise", "balance_coef", "z_loss_coef"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std!r}")
+        resolve("out_init_std", self.init_std)
+
+    def to_dict(self) -> dict:
+        """The resolved settings as a JSON-serialisable dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,484 @@
+"""``MoEFeedForward``: one drop-in feed-forward module for every method of the family.
+
+Methods (spec section 2; papers cited in :mod:`nashmoe.moe`):
+
+| method | merged expert on unit u | base expert of the next MoE layer |
+|---|---|---|
+| dense | one FFN | — |
+| smoe | none: Σ_{top-k} s_i f(x; E_i) per token | — |
+| smear | Σ_i s_i E_i | — |
+| camex | E_m + η Σ_i s_i M_i(τ_i), E_m a parameter of the layer | — |
+| ep-camex | as camex, E_m propagated | E_m + (γ/N) Σ_i M_i(τ_i) |
+| namex(-full) | as camex, E_m propagated | E_m + γ Σ_i α_i τ_i, α the Nash solution |
+| namex(-full)-mom | as namex | μ' = β μ + ΔE, E_m + Re(γ μ'), β = r e^{iφ} |
+
+with τ_i = E_i − E_m. α depends on parameters only, so one solve per layer serves the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nashmoe.bargaining import NashStatus, nash_bargaining
+from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
+from nashmoe.moe.cache import InferenceCache, parameter_key
+from nashmoe.moe.config import MoEConfig
+from nashmoe.moe.curvature import KroneckerCurvature
+from nashmoe.moe.ffn import activation_fn, dense_ffn, merged_ffn, mixed_ffn, topk_ffn
+from nashmoe.moe.layout import ExpertLayout
+from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_segments
+from nashmoe.moe.state import PropagationChain, PropagationState
+
+__all__ = ["MoEFeedForward", "SegmentCache"]
+
+
+@dataclass
+class _ParameterPart:
+    """Everything a merging layer derives from parameters alone (input-independent)."""
+
+    base: Tensor | None  # flat E_m [P] (None for smear)
+    vectors: Tensor  # [N, P]: E_i (smear) or D_i = M_i(mask ⊙ τ_i) (CAMEx family)
+    next_state: PropagationState | None
+    alpha: Tensor | None = None
+    residual: Tensor | None = None
+    status: Tensor | None = None
+    solved: bool = False
+
+
+@dataclass
+class SegmentCache:
+    """Per-layer state for incremental decoding with segment routing (spec section 4).
+
+    Holds the running sum of the current segment's inputs and the merged expert of the current
+    segment; when a segment completes, the next one is routed by its mean.
+    """
+
+    segment_sum: Tensor | None = None  # [B, d]
+    weights: Tensor | None = None  # [B, P] merged expert of the current segment
+    scores: Tensor | None = None  # [B, N]
+
+
+class MoEFeedForward(nn.Module):
+    """A feed-forward block of any method of the NAMEx family.
+
+    Args:
+        config: a :class:`MoEConfig` (or pass its fields as keyword arguments).
+        owns_base: for the propagating methods, whether this layer is the first MoE layer of its
+            chain and owns E_m^{(1)}; later layers receive the base through the propagation state.
+            Ignored by the other methods (CAMEx owns a base in every layer).
+
+    Call: ``out = layer(x)`` with ``x [B, S, d]``; ``out, aux = layer(x, return_aux=True)``.
+    Keyword arguments: ``state`` (the :class:`PropagationState` from the previous MoE layer),
+    ``attention_mask [B, S]`` (``unit="sequence"``), ``cache`` and ``start_pos`` (incremental
+    decoding). Every forward also overwrites :attr:`last_aux`.
+    """
+
+    def __init__(self, config: MoEConfig | None = None, *, owns_base: bool = True, **kwargs):
+        super().__init__()
+        if config is None:
+            config = MoEConfig(**kwargs)
+        elif kwargs:
+            raise ValueError("pass either a MoEConfig or keyword fields, not both")
+        cfg = self.config = config
+        self.owns_base = bool(owns_base) if cfg.propagates else cfg.is_curved
+        self.layout = ExpertLayout(cfg.d_model, cfg.d_ff, glu=cfg.glu, bias=cfg.bias)
+        self.act = activation_fn(cfg.activation)
+        n = cfg.num_experts
+        lead = () if cfg.method == "dense" else (n,)
+        for name, shape in self.layout.shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(*lead, *shape)))
+        if cfg.method != "dense":
+            self.router = nn.Parameter(torch.empty(n, cfg.d_model))
+        if cfg.is_merging and cfg.unit == "segment" and cfg.first_segment == "prior":
+            self.prior_logits = nn.Parameter(torch.zeros(n))
+        if self.owns_base:
+            for name, shape in self.layout.shapes.items():
+                self.register_parameter("base_" + name, nn.Parameter(torch.empty(*shape)))
+        if cfg.is_curved:
+            if cfg.curvature_rank > 0:
+                self.curvature = KroneckerCurvature(
+                    self.layout,
+                    num_experts=n,
+                    rank=cfg.curvature_rank,
+                    init_scale=cfg.curvature_init,
+                )
+            eta = torch.tensor(float(cfg.eta))
+            if cfg.learn_eta:
+                self.eta = nn.Parameter(eta)
+            else:
+                self.register_buffer("eta", eta)
+        if cfg.uses_nash:
+            # Warm start of the solver across steps (0 = none yet).
+            self.register_buffer("alpha_prev", torch.zeros(n, dtype=torch.float64))
+        self.last_aux: MoEAux | None = None
+        self._chain: PropagationChain | None = None
+        self._inference_cache = InferenceCache()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        cfg = self.config
+        with torch.no_grad():
+            for prefix in ("", "base_"):
+                for name in self.layout.names:
+                    p = getattr(self, prefix + name, None)
+                    if p is None:
+                        continue
+                    if name.startswith("b_"):
+                        p.zero_()
+                    else:
+                        std = cfg.out_init_std if name == "w_out" else cfg.init_std
+                        p.normal_(0.0, std)
+            if hasattr(self, "router"):
+                self.router.normal_(0.0, cfg.init_std)
+            if hasattr(self, "alpha_prev"):
+                self.alpha_prev.zero_()
+        self.clear_cache()
+
+    def expert_tensors(self) -> dict[str, Tensor]:
+        """The fused expert tensors ``{name: [N, *shape]}`` (``[*shape]`` for dense)."""
+        return {name: getattr(self, name) for name in self.layout.names}
+
+    def base_tensors(self) -> dict[str, Tensor] | None:
+        """The owned base expert ``{name: [*shape]}``, or None."""
+        if not self.owns_base:
+            return None
+        return {name: getattr(self, "base_" + name) for name in self.layout.names}
+
+    # ------------------------------------------------------------------ caching
+    def clear_cache(self) -> None:
+        """Drop the inference cache (α, propagated bases, curved domain vectors).
+
+        The cache is used only in eval mode under ``torch.no_grad()``/``inference_mode`` and is
+        keyed by the parameters' version counters, their storage, every optimizer step and the
+        incoming state, so ordinary updates invalidate it by themselves. Call this after changing
+        parameters through ``.data`` (which bypasses version counting).
+        """
+        self._inference_cache.clear()
+
+    def train(self, mode: bool = True) -> MoEFeedForward:
+        self.clear_cache()
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        state: PropagationState | None = None,
+        attention_mask: Tensor | None = None,
+        return_aux: bool = False,
+        cache: SegmentCache | None = None,
+        start_pos: int = 0,
+    ):
+        cfg = self.config
+        if x.ndim != 3 or x.shape[-1] != cfg.d_model:
+            raise ValueError(
+                f"expected input [batch, seq, d_model={cfg.d_model}], got {tuple(x.shape)}"
+            )
+        if attention_mask is not None and not (cfg.is_merging and cfg.unit == "sequence"):
+            raise ValueError("attention_mask is only used with unit='sequence'")
+        if state is None and self._chain is not None:
+            state = self._chain.state
+        if cfg.method == "dense":
+            out = dense_ffn(x, self.expert_tensors(), self.act)
+            zero = x.new_zeros((), dtype=torch.float32)
+            aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero, state=state)
+        elif cfg.method == "smoe":
+            out, aux = self._forward_topk(x)
+            aux.state = state
+        else:
+            part = self._parameter_part(state)
+            if cache is not None:
+                out, aux = self._forward_cached(x, part, cache, start_pos)
+            else:
+                out, aux = self._forward_merged(x, part, attention_mask)
+        if self._chain is not None:
+            self._chain.state = aux.state
+        self.last_aux = aux
+        return (out, aux) if return_aux else out
+
+    # ------------------------------------------------------------------ routing
+    def _logits(self, pooled: Tensor) -> Tensor:
+        logits = F.linear(pooled, self.router.to(pooled.dtype))
+        if self.training and self.config.router_noise > 0:
+            logits = logits + self.config.router_noise * torch.randn_like(logits)
+        return logits
+
+    def _losses(self, logits: Tensor, probs: Tensor, assignments: Tensor) -> MoEAux:
+        cfg = self.config
+        balance, load, importance = switch_balance_loss(
+            _at_least_float32(probs), assignments, cfg.num_experts
+        )
+        z = router_z_loss(logits)
+        loss = cfg.balance_coef * balance + cfg.z_loss_coef * z
+        return MoEAux(loss=loss, balance_loss=balance, z_loss=z, load=load, importance=importance)
+
+    def _forward_topk(self, x: Tensor) -> tuple[Tensor, MoEAux]:
+        b, s, d = x.shape
+        tokens = x.reshape(b * s, d)
+        logits = self._logits(tokens)
+        probs = torch.softmax(_at_least_float32(logits), dim=-1)
+        top_w, top_idx = probs.topk(self.config.top_k, dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)  # renormalised over the chosen k
+        out = topk_ffn(tokens, self.expert_tensors(), top_idx, top_w.to(x.dtype), self.act)
+        return out.view(b, s, d), self._losses(logits, probs, top_idx)
+
+    def _unit_scores(self, x: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Router logits and scores of every routing unit: ``[B, nseg, N]`` for segments,
+        ``[B, N]`` for sequences and images, ``[B, S, N]`` for tokens."""
+        cfg = self.config
+        if cfg.unit == "segment":
+            segments = split_segments(x, cfg.segment_len)
+            means = segment_means(segments, x.shape[1])
+            logits_next = self._logits(means[:, :-1])  # segment j routed by segment j − 1
+            if cfg.first_segment == "prior":
+                first = self.prior_logits.to(x.dtype).expand(x.shape[0], 1, -1)
+            else:  # the public CAMEx/Lory code: segment 0's own mean, stop-gradient (non-causal)
+                first = self._logits(means[:, :1].detach())
+            logits = torch.cat([first, logits_next], dim=1)
+        elif cfg.unit in ("sequence", "image"):
+            logits = self._logits(masked_mean(x, attention_mask))
+        else:
+            logits = self._logits(x)
+        return logits, torch.softmax(_at_least_float32(logits), dim=-1)
+
+    # ------------------------------------------------------------------ merging
+    def _coefficients(self, scores: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.config.is_curved:
+            return (self.eta.to(torch.float32) * scores).to(dtype)
+        return scores.to(dtype)
+
+    def _merge(self, part: _ParameterPart, coeff: Tensor) -> Tensor:
+        """Merged experts of all units as one matrix product: ``E_m + coeff @ D`` → ``[U, P]``."""
+        vectors = part.vectors.to(coeff.dtype)
+        if part.base is None:
+            return coeff @ vectors
+        return torch.addmm(part.base.to(coeff.dtype), coeff, vectors)
+
+    def _forward_merged(
+        self, x: Tensor, part: _ParameterPart, attention_mask: Tensor | None
+    ) -> tuple[Tensor, MoEAux]:
+        cfg = self.config
+        b, s, d = x.shape
+        logits, scores = self._unit_scores(x, attention_mask)
+        flat_scores = scores.reshape(-1, cfg.num_experts)
+        compute_dtype = (
+            torch.get_autocast_dtype(x.device.type)
+            if torch.is_autocast_enabled(x.device.type)
+            else x.dtype
+        )
+        coeff = self._coefficients(flat_scores, compute_dtype)
+        if cfg.unit == "token":
+            vectors = self.layout.unflatten(part.vectors.to(compute_dtype))
+            base = None if part.base is None else self.layout.unflatten(part.base.to(compute_dtype))
+            out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
+        else:
+            weights = self.layout.unflatten(self._merge(part, coeff))
+            if cfg.unit == "segment":
+                units = split_segments(x, cfg.segment_len)
+                nseg = units.shape[1]
+                units = units.reshape(b * nseg, cfg.segment_len, d)
+                out = merged_ffn(units, weights, self.act).view(b, nseg * cfg.segment_len, -1)
+                out = out[:, :s]
+            else:
+                out = merged_ffn(x, weights, self.act)
+        aux = self._losses(logits, flat_scores, flat_scores.argmax(dim=-1, keepdim=True))
+        self._fill_aux(aux, part)
+        return out, aux
+
+    def _fill_aux(self, aux: MoEAux, part: _ParameterPart) -> None:
+        aux.state = part.next_state
+        aux.alpha = part.alpha
+        aux.eta = getattr(self, "eta", None)
+        if part.solved:
+            aux.solved = True
+            aux.residual = part.residual
+            aux.status = part.status
+            fallback = (part.status == NashStatus.DEGENERATE) | (
+                part.status == NashStatus.INFEASIBLE
+            )
+            aux.fallbacks = fallback.to(torch.int64)
+            aux.not_converged = (part.status == NashStatus.NOT_CONVERGED).to(torch.int64)
+
+    # ------------------------------------------------------------------ parameter part
+    def _parameter_part(self, incoming: PropagationState | None) -> _ParameterPart:
+        cfg = self.config
+        if cfg.propagates:
+            if self.owns_base:
+                incoming = None  # the chain starts here
+            elif incoming is None:
+                raise ValueError(
+                    f"this {cfg.method!r} layer is not the first of its propagation chain "
+                    "(owns_base=False) and received no state: pass state=aux.state from the "
+                    "previous MoE layer, or link the model's layers with "
+                    "nashmoe.moe.link_moe_layers(model)"
+                )
+        use_cache = not self.training and not torch.is_grad_enabled()
+        if not use_cache:
+            return self._compute_parameter_part(incoming)
+        key = (
+            parameter_key(self),
+            None if incoming is None else incoming.key,
+            torch.is_autocast_enabled(),
+        )
+        part = self._inference_cache.get(key)
+        if part is None:
+            part = self._compute_parameter_part(incoming)
+            if part.next_state is not None and cfg.is_curved:
+                part.next_state.key = key
+            self._inference_cache.put(key, part)
+        return part
+
+    def _compute_parameter_part(self, incoming: PropagationState | None) -> _ParameterPart:
+        cfg = self.config
+        experts = self.layout.flatten(self.expert_tensors(), batch_dims=1)  # [N, P]
+        if not cfg.is_curved:  # smear
+            return _ParameterPart(base=None, vectors=experts, next_state=incoming)
+        if cfg.propagates and not self.owns_base:
+            base, layer_index = incoming.base, incoming.layer
+        else:
+            base, layer_index = self.layout.flatten(self.base_tensors(), batch_dims=0), 0
+        tau = experts - base
+        masked = tau * _ties_mask(tau) if cfg.merge_mask == "ties" else tau
+        curved = self.curvature(masked) if cfg.curvature_rank > 0 else masked
+        part = _ParameterPart(base=base, vectors=curved, next_state=incoming)
+        if not cfg.propagates:
+            return part
+        if cfg.method == "ep-camex":
+            step = curved.mean(dim=0)
+            part.next_state = PropagationState(base=base + cfg.gamma * step, layer=layer_index + 1)
+            return part
+        players = tau if cfg.bargain_on == "tau" else curved
+        solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
+        if solve:
+            self._bargain(players, part)
+        elif incoming is None or incoming.alpha is None:
+            raise ValueError("no Nash weights to reuse: the previous MoE layer did not pass α")
+        else:
+            part.alpha = incoming.alpha
+        delta = part.alpha.to(players.dtype) @ players
+        if cfg.step_norm == "mean":
+            target = players.mean(dim=0).norm()
+            delta = delta * (target / delta.norm().clamp_min(torch.finfo(delta.dtype).tiny))
+        mom_re = mom_im = None
+        if cfg.uses_momentum:
+            r, phi = cfg.momentum, cfg.momentum_angle
+            if incoming is not None and incoming.momentum_re is not None:
+                prev_re, prev_im = incoming.momentum_re, incoming.momentum_im
+                mom_re = r * math.cos(phi) * prev_re - r * math.sin(phi) * prev_im + delta
+                mom_im = r * math.sin(phi) * prev_re + r * math.cos(phi) * prev_im
+            else:  # μ starts at 0 at the first MoE layer of every forward pass
+                mom_re, mom_im = delta, torch.zeros_like(delta)
+            step = mom_re
+        else:
+            step = delta
+        status = part.status if part.solved else (None if incoming is None else incoming.status)
+        residual = (
+            part.residual if part.solved else (None if incoming is None else incoming.residual)
+        )
+        part.next_state = PropagationState(
+            base=base + cfg.gamma * step,
+            momentum_re=mom_re,
+            momentum_im=mom_im,
+            alpha=part.alpha,
+            status=status,
+            residual=residual,
+            layer=layer_index + 1,
+        )
+        return part
+
+    def _bargain(self, players: Tensor, part: _ParameterPart) -> None:
+        """Solve the Nash bargaining problem among the experts' domain vectors (warm-started)."""
+        cfg = self.config
+        with torch.autocast(players.device.type, enabled=False):
+            v = players if players.dtype in (torch.float32, torch.float64) else players.float()
+            if not cfg.differentiable_alpha:
+                v = v.detach()
+            gram = v @ v.T
+        with torch.no_grad():
+            default = gram.diagonal().detach().double().clamp_min(1e-300).rsqrt()
+            init = torch.where(self.alpha_prev > 0, self.alpha_prev, default)
+        solution = nash_bargaining(
+            gram,
+            max_iter=cfg.nash_max_iter,
+            tol=cfg.nash_tol,
+            init=init,
+            differentiable=cfg.differentiable_alpha,
+            validate=False,
+        )
+        with torch.no_grad():
+            usable = (solution.status == NashStatus.OK) | (
+                solution.status == NashStatus.NOT_CONVERGED
+            )
+            self.alpha_prev.copy_(torch.where(usable, solution.alpha.double(), self.alpha_prev))
+        part.alpha = solution.alpha
+        part.residual = solution.residual
+        part.status = solution.status
+        part.solved = True
+
+    # ------------------------------------------------------------------ incremental decoding
+    def _forward_cached(
+        self, x: Tensor, part: _ParameterPart, cache: SegmentCache, start_pos: int
+    ) -> tuple[Tensor, MoEAux]:
+        cfg = self.config
+        if cfg.unit != "segment" or cfg.first_segment != "prior":
+            raise ValueError(
+                "incremental decoding needs causal segment routing (unit='segment', "
+                "first_segment='prior'); 'self' routes segment 0 by its own (future) tokens"
+            )
+        t = cfg.segment_len
+        if start_pos == 0:
+            out, aux = self._forward_merged(x, part, None)
+            b, s, _ = x.shape
+            last = num_segments(s, t) - 1
+            cache.segment_sum = x[:, last * t :].sum(dim=1)
+            logits, scores = self._unit_scores(x, None)
+            cache.scores = scores[:, last]
+            dtype = out.dtype
+            cache.weights = self._merge(part, self._coefficients(cache.scores, dtype))
+            return out, aux
+        if cache.segment_sum is None:
+            raise ValueError("empty decoding cache: start with start_pos=0 (the prompt)")
+        outs = []
+        for i in range(x.shape[1]):  # new tokens, usually one
+            pos = start_pos + i
+            token = x[:, i : i + 1]
+            if pos % t == 0:  # the previous segment is complete: route the new one by its mean
+                logits = self._logits(cache.segment_sum / t)
+                cache.scores = torch.softmax(_at_least_float32(logits), dim=-1)
+                cache.weights = self._merge(part, self._coefficients(cache.scores, x.dtype))
+                cache.segment_sum = torch.zeros_like(cache.segment_sum)
+            weights = self.layout.unflatten(cache.weights)
+            outs.append(merged_ffn(token, weights, self.act))
+            cache.segment_sum = cache.segment_sum + token[:, 0]
+        zero = x.new_zeros((), dtype=torch.float32)
+        aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero)
+        self._fill_aux(aux, part)
+        return torch.cat(outs, dim=1), aux
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        parts = [f"method={cfg.method!r}", f"d_model={cfg.d_model}", f"d_ff={cfg.d_ff}"]
+        if cfg.method != "dense":
+            parts.append(f"num_experts={cfg.num_experts}")
+        if cfg.is_merging:
+            parts.append(f"unit={cfg.unit!r}")
+        if cfg.propagates:
+            parts.append(f"owns_base={self.owns_base}")
+        return ", ".join(parts)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """Routing probabilities in float32 at least (float64 stays float64), even under autocast."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _ties_mask(tau: Tensor) -> Tensor:
+    """TIES sign agreement: keep τ_i where its sign matches the sign of Σ_j τ_j (elementwise)."""
+    return (torch.sign(tau) == torch.sign(tau.sum(dim=0, keepdim=True))).to(tau.dtype)
