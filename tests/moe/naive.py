@@ -132,7 +132,7 @@ def naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_ma
     """Output [B, S, d] of one layer and the state for the next."""
     cfg = layer.config
     act = act_fn(cfg.activation)
-    b, s, d = x.shape
+    b, s, _d = x.shape
     out = torch.zeros_like(x)
     names = layer.layout.names
     if cfg.method == "dense":

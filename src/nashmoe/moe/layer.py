@@ -435,7 +435,7 @@ class MoEFeedForward(nn.Module):
         t = cfg.segment_len
         if start_pos == 0:
             out, aux = self._forward_merged(x, part, None)
-            b, s, _ = x.shape
+            _b, s, _ = x.shape
             last = num_segments(s, t) - 1
             cache.segment_sum = x[:, last * t :].sum(dim=1)
             logits, scores = self._unit_scores(x, None)

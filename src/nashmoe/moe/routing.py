@@ -34,7 +34,7 @@ def split_segments(x: Tensor, segment_len: int) -> Tensor:
 def segment_means(segments: Tensor, seq_len: int) -> Tensor:
     """Mean hidden state of every segment ``[B, nseg, d]`` (a partial last segment: over its real
     tokens only)."""
-    b, nseg, t, d = segments.shape
+    _b, nseg, t, _d = segments.shape
     sums = segments.sum(dim=2)
     counts = torch.full((nseg,), float(t), dtype=sums.dtype, device=sums.device)
     counts[-1] = seq_len - (nseg - 1) * t
