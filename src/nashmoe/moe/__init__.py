@@ -7,7 +7,8 @@ Papers:
 - SMEAR: Muqeeth, Liu, Raffel, "Soft Merging of Experts with Adaptive Routing", arXiv 2306.03745.
 - Lory (segment routing): Zhong et al., arXiv 2405.03133.
 - Complex momentum: Lorraine et al., "Complex Momentum for Optimization in Games", arXiv 2102.08431.
-- Switch load balancing: Fedus, Zoph, Shazeer, arXiv 2101.03961; z-loss: Zoph et al., arXiv 2202.08906.
+- Switch load balancing: Fedus, Zoph, Shazeer, arXiv 2101.03961.
+- Router z-loss: Zoph et al., "ST-MoE", arXiv 2202.08906.
 """
 
 from nashmoe.moe.aux import MoEAux, collect_aux, router_z_loss, switch_balance_loss
