@@ -160,3 +160,16 @@ def test_eval_perplexity_is_exact_for_a_bigram_model():
 def test_eval_batches_on_device_argument():
     x, _ = next(iter_eval_batches(torch.arange(30), batch_size=2, block_size=4, device="cpu"))
     assert x.device.type == "cpu" and x.shape == (2, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_with_data_on_cuda():
+    data = torch.arange(500)
+    x_cpu, y_cpu = get_batch(data, batch_size=4, block_size=16, generator=_gen(5))
+    x, y = get_batch(data.cuda(), batch_size=4, block_size=16, generator=_gen(5))
+    assert x.is_cuda and torch.equal(x.cpu(), x_cpu) and torch.equal(y.cpu(), y_cpu)
+    x, _ = get_batch(data, batch_size=4, block_size=16, generator=_gen(5), device="cuda")
+    assert x.is_cuda and torch.equal(x.cpu(), x_cpu)
+    cpu = list(iter_eval_batches(data, batch_size=3, block_size=16))
+    gpu = list(iter_eval_batches(data.cuda(), batch_size=3, block_size=16))
+    assert all(torch.equal(a[1], b[1].cpu()) for a, b in zip(cpu, gpu))
