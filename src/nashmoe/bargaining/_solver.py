@@ -25,6 +25,7 @@ every player, and the start β = 1 is α₀ = 1/√diag(K), exact for orthogonal
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,18 @@ __all__ = ["NashSolution", "NashStatus", "nash_bargaining", "nash_direction"]
 
 # Keep iterates strictly inside α > 0: never go further than this fraction of the way to 0.
 _FRACTION_TO_BOUNDARY = 0.99
+# Step lengths tried along each Newton direction (all at once, the best f wins); the last is the
+# longest.
+_STEP_GRID = (1.0, 0.5, 0.25, 0.0625, 2.0, 8.0, 64.0)
+# β = α ⊙ ‖g‖ above min(_RIDGE_CAP/√ridge, _EPS_CAP/√eps) means numerically infeasible: the
+# ridge then dominates the Newton matrix along the growing direction (the longest step, 64,
+# compensates up to ridge·β² = 64), or the margin is at the rounding level of K̂ (a pair of
+# opposite players whose cosine is off by one ulp has β = 1/√eps).
+_RIDGE_CAP = 8.0
+_EPS_CAP = 0.25
+# Newton decrement below which a non-converged problem counts as certified feasible (< 1 in
+# exact arithmetic; a margin for rounding).
+_CERTIFIED_DECREMENT = 0.9
 # Relative asymmetry of the Gram matrix accepted by input validation.
 _SYMMETRY_RTOL = 1e-4
 
@@ -45,14 +58,18 @@ class NashStatus(enum.IntEnum):
     OK = 0
     """Converged: the relative residual is at most ``tol``."""
     NOT_CONVERGED = 1
-    """Not converged within ``max_iter``; α is the last iterate, which still improves every
-    player (K α > 0) but does not solve K α = 1/α to ``tol``."""
+    """A Nash point exists (certified: the Newton decrement fell below 1, which proves that f has
+    a minimiser) but ``max_iter`` iterations did not reach ``tol``. α is the last iterate:
+    positive and finite, with the reported residual; it improves every player (K α > 0)
+    whenever max_i |α_i (Kα)_i − 1| < 1, i.e. once the iteration is anywhere near the answer."""
     DEGENERATE = 2
     """Some player's vector is (numerically) zero, e.g. experts upcycled from one dense FFN, or
-    the input was not finite: no Nash point exists. α is uniform 1/N."""
+    the input was not finite: no Nash point exists. α is uniform 1/N, the residual NaN."""
     INFEASIBLE = 3
-    """No direction improves every player (e.g. g₂ = −g₁): f is unbounded below and the iterates
-    diverge. α is uniform 1/N."""
+    """No direction improves every player (e.g. g₂ = −g₁, or three vectors at 120°): f is
+    unbounded below and the iterates run off to infinity. Reported when α_i‖g_i‖ exceeds what the
+    working precision (or the ridge) resolves, or when ``max_iter`` iterations could not certify
+    that a Nash point exists. α is uniform 1/N."""
 
 
 @dataclass(frozen=True)
@@ -100,17 +117,30 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
         raise ValueError(f"gram must be square with shape [..., N, N], got {tuple(gram.shape)}")
     if gram.shape[-1] < 1:
         raise ValueError("gram must describe at least one player (N >= 1), got N = 0")
-    if not isinstance(max_iter, int) or max_iter < 1:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
     if not (ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"ridge must be non-negative and finite, got {ridge!r}")
+    if init is not None:
+        if not isinstance(init, Tensor) or not init.is_floating_point():
+            raise ValueError("init must be a floating-point tensor of shape [..., N]")
+        batch = gram.shape[:-1]
+        try:
+            ok_shape = torch.broadcast_shapes(init.shape, batch) == batch
+        except RuntimeError:
+            ok_shape = False
+        if init.ndim < 1 or not ok_shape:
+            raise ValueError(
+                f"init must have shape [..., N] broadcastable to {tuple(batch)}, "
+                f"got {tuple(init.shape)}"
+            )
     if gram.numel() == 0:
         return
     if not bool(torch.isfinite(gram).all()):
         raise ValueError("gram contains NaN or inf entries")
-    g = gram.double()
+    g = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
     scale = g.abs().amax(dim=(-1, -2))
     asym = (g - g.mT).abs().amax(dim=(-1, -2))
     if bool((asym > _SYMMETRY_RTOL * scale).any()):
@@ -121,13 +151,7 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
         )
     if bool((g.diagonal(dim1=-2, dim2=-1) < 0).any()):
         raise ValueError("gram has a negative diagonal entry: it is not a Gram matrix")
-    if init is not None:
-        if not isinstance(init, Tensor) or not init.is_floating_point():
-            raise ValueError("init must be a floating-point tensor of shape [..., N]")
-        if init.shape[-1:] != gram.shape[-1:]:
-            raise ValueError(
-                f"init must have shape [..., N] with N = {gram.shape[-1]}, got {tuple(init.shape)}"
-            )
+    if init is not None and init.numel() > 0:
         if not bool(torch.isfinite(init).all()) or not bool((init > 0).all()):
             raise ValueError("init must be finite and strictly positive")
 
@@ -140,6 +164,11 @@ def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.d
     return torch.float64
 
 
+@functools.lru_cache(maxsize=16)
+def _step_grid(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(_STEP_GRID, dtype=dtype, device=device)
+
+
 def _solve(
     gram: Tensor,
     *,
@@ -149,95 +178,118 @@ def _solve(
     ridge: float,
     cdtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Core Newton iteration; returns (alpha, residual, iterations, status) in ``cdtype``."""
+    """Core Newton iteration; returns (alpha, residual, iterations, status) in ``cdtype``.
+
+    Works on the flattened batch ``[B, N, N]`` with column vectors ``[B, N, 1]`` (``bmm`` is the
+    cheapest batched product). At these sizes the time goes into per-operation overhead, so each
+    iteration is written with as few tensor operations as possible.
+    """
     batch_shape = gram.shape[:-2]
     n = gram.shape[-1]
     device = gram.device
     finfo = torch.finfo(cdtype)
-    k = gram.to(cdtype)
-    k = 0.5 * (k + k.mT)
+    k = gram.reshape(-1, n, n).to(cdtype)
+    k = (k + k.mT) * 0.5
     diag = k.diagonal(dim1=-2, dim2=-1)
-    max_diag = diag.amax(-1)
-    finite = torch.isfinite(k).flatten(-2).all(-1)
+    dmin, dmax = torch.aminmax(diag, dim=-1)
     # A player whose vector is zero (relative to the largest one, at rounding level) cannot be
     # improved: no Nash point exists. So are all-zero or non-finite problems.
-    degenerate = ~finite | ~(max_diag > finfo.tiny) | ~(diag.amin(-1) > (finfo.eps**2) * max_diag)
-    safe_diag = torch.where(degenerate[..., None], torch.ones_like(diag), diag)
-    inv_sqrt_diag = safe_diag.rsqrt()
+    ok = (dmax > finfo.tiny) & (dmin > (finfo.eps**2) * dmax)
+    safe_diag = torch.where(ok[:, None], diag, 1.0)
+    sqrt_diag = safe_diag.sqrt()[..., None]  # [B, N, 1]: ‖g_i‖
+    inv_sqrt_diag = sqrt_diag.reciprocal()
+    k_hat = k * inv_sqrt_diag * inv_sqrt_diag.mT
+    ok = ok & torch.isfinite(k_hat).flatten(1).all(1)
     eye = torch.eye(n, dtype=cdtype, device=device)
-    k_hat = k * inv_sqrt_diag[..., :, None] * inv_sqrt_diag[..., None, :]
-    k_hat = torch.where(degenerate[..., None, None], eye, k_hat)
-    k_hat = torch.where(torch.isfinite(k_hat), k_hat, eye)
-    # The ridge regularises the Newton matrix only: the fixed point stays exactly K α = 1/α.
-    k_newton = k_hat + ridge * eye
+    k_hat = torch.where(ok[:, None, None], k_hat, eye)
+    # The ridge regularises the Newton matrix only: the fixed point stays exactly K α = 1/α. At
+    # least N·eps, so that rounding in B K̂ B (about N·eps·β²) cannot break the factorisation.
+    ridge = max(ridge, n * finfo.eps)
+    k_newton = torch.add(k_hat, eye, alpha=ridge)
 
-    sqrt_diag = safe_diag.sqrt()
     if init is None:
-        beta = torch.ones((*batch_shape, n), dtype=cdtype, device=device)
+        beta = torch.ones_like(sqrt_diag)
     else:
-        beta = (init.to(device=device, dtype=cdtype) * sqrt_diag).expand(*batch_shape, n).clone()
+        init = init.to(device=device, dtype=cdtype).expand(*batch_shape, n).reshape(-1, n, 1)
+        beta = torch.where(ok[:, None, None], init * sqrt_diag, 1.0)
     # Exact line search along the starting ray: f(cβ) is minimised at c = √(N / βᵀK̂β). Exact for
     # orthogonal players; for correlated ones it saves the first damped Newton steps.
-    quad = (beta * matvec(k_hat, beta)).sum(-1, keepdim=True)
-    beta = beta * torch.where(quad > 0, (n / quad).sqrt(), 1.0)
-    cap = finfo.eps**-0.75  # β_i = α_i‖g_i‖ beyond this: numerically infeasible
-    iterations = torch.zeros(batch_shape, dtype=torch.int64, device=device)
-    live = ~degenerate
+    quad = torch.bmm(beta.mT, torch.bmm(k_hat, beta))
+    beta = beta * torch.where(quad > 0, n / quad, 1.0).sqrt()
+
+    # β_i = α_i‖g_i‖ = 1/⟨ĝ_i, Δ*⟩/... beyond this cap means a margin (distance from 0 to the
+    # hull of the unit player vectors) below what the precision of K̂, or the ridge, resolves:
+    # the problem is numerically infeasible and the iterates run off to infinity.
+    cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
+    grid = _step_grid(cdtype, device)
+    iterations = torch.zeros(beta.shape[0], dtype=torch.int64, device=device)
     sync_free = device.type != "cpu"
-
-    for _ in range(max_iter):
-        k_beta = matvec(k_hat, beta)
-        inv_beta = beta.reciprocal()
-        grad = k_beta - inv_beta
-        res = (grad * sqrt_diag).norm(dim=-1) / (inv_beta * sqrt_diag).norm(dim=-1)
-        active = live & (res > tol)
-        if not sync_free and not bool(active.any()):
+    # Newton decrement² and max β at the last Newton step, for the feasibility certificate.
+    lam2 = torch.full((beta.shape[0], 1), math.inf, dtype=cdtype, device=device)
+    beta_max = beta.amax(1)
+    it = 0
+    while True:
+        k_beta = torch.bmm(k_hat, beta)
+        b_kb = beta * k_beta  # α_i (Kα)_i, = 1 at the solution
+        rhs = 1.0 - b_kb  # −β ⊙ ∇f(β), the scaled Newton right-hand side
+        # max_i |α_i (Kα)_i − 1| bounds the reported relative residual from above.
+        beta_now = beta.amax(1)
+        active = (rhs.abs().amax(1) > tol) & (beta_now <= cap)  # [B, 1]
+        if it == max_iter or (not sync_free and not bool(active.any())):
             break
-        m = torch.addcmul(eye, k_newton, beta[..., :, None] * beta[..., None, :])
-        chol = torch.linalg.cholesky_ex(m)[0]
-        rhs = -beta * grad
-        y = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+        it += 1
+        beta_max = beta_now
+        # Newton step d = β ⊙ y from (B K̂ B + I) y = −B ∇f, B = diag(β); eigenvalues >= 1.
+        m = torch.addcmul(eye, k_newton, beta * beta.mT)
+        y = torch.cholesky_solve(rhs, torch.linalg.cholesky_ex(m)[0])
         y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)  # failed factorisation: stay
-        # Newton decrement λ² = ∇fᵀH⁻¹∇f. Candidates: the full Newton step and the damped step
-        # 1/(1 + λ), which decreases the self-concordant f and keeps α > 0 by itself (Nesterov &
-        # Nemirovski); both capped by the fraction-to-boundary rule. Keep the one with lower f.
-        lam = (rhs * y).sum(-1).clamp_min(0).sqrt()
-        t_max = torch.where(y < 0, -_FRACTION_TO_BOUNDARY / y, 1.0).amin(-1).clamp(max=1.0)
-        t = torch.stack((t_max, torch.minimum(t_max, (1 + lam).reciprocal())), -1)  # [..., 2]
-        # f(β + t d) − f(β) with d = β ⊙ y: t βᵀK̂d + ½ t² dᵀK̂d − Σ log(1 + t y_i), each exact.
-        d = beta * y
-        bkd = (k_beta * d).sum(-1, keepdim=True)
-        dkd = (matvec(k_hat, d) * d).sum(-1, keepdim=True)
-        delta_f = t * (bkd + 0.5 * t * dkd) - torch.log1p(t[..., :, None] * y[..., None, :]).sum(-1)
-        step = torch.where(delta_f[..., 0] <= delta_f[..., 1], t[..., 0], t[..., 1])
-        beta = torch.where(active[..., None], beta * (1 + step[..., None] * y), beta)
-        iterations += active
-        live = live & (beta.amax(-1) <= cap)
+        # f(β + t d) − f(β) = t βᵀK̂d + ½ t² dᵀK̂d − Σ log(1 + t y_i), with βᵀK̂d = Σ α_i(Kα)_i y_i
+        # and, from M y = rhs, dᵀK̂d = yᵀ(rhs − (1 + ridge β²) ⊙ y); also the Newton decrement
+        # λ² = rhsᵀy (of the ridged system). One product gives all three.
+        q = torch.addcmul(rhs - y, y * beta, beta, value=-ridge)
+        coef = torch.bmm(torch.cat((b_kb, q, rhs), -1).mT, y)  # [B, 3, 1]
+        lam2 = coef[:, 2]
+        # Candidate steps: a grid around the Newton step t = 1, including long steps (they let
+        # near-infeasible problems grow α fast, and expose infeasible ones within a few
+        # iterations), capped by the fraction-to-boundary rule that keeps α > 0.
+        t_max = y.amin(1, keepdim=True).clamp(max=-_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
+        t = torch.minimum(grid, -_FRACTION_TO_BOUNDARY / t_max)  # [B, 1, C]
+        delta_f = t * torch.addcmul(coef[:, :1], coef[:, 1:2], t, value=0.5)
+        delta_f = delta_f - torch.log1p(y * t).sum(1, keepdim=True)
+        step = t.gather(-1, delta_f.argmin(-1, keepdim=True))  # [B, 1, 1]
+        step = step * active[..., None]
+        beta = torch.addcmul(beta, beta * y, step)
+        iterations += active[:, 0]
 
-    diverged = ~degenerate & ~live
-
-    def residual_of(b: Tensor, k_b: Tensor) -> Tensor:
-        # Relative residual in the original coordinates: ‖D⁻¹(K̂β − 1/β)‖ / ‖D⁻¹/β‖.
-        inv_b = b.reciprocal()
-        return ((k_b - inv_b) * sqrt_diag).norm(dim=-1) / (inv_b * sqrt_diag).norm(dim=-1)
-
-    k_beta = matvec(k_hat, beta)
-    res = residual_of(beta, k_beta)
-    converged = (res <= tol) & ~degenerate & ~diverged
-    improving = k_beta.amin(-1) > 0
-    status = torch.full(batch_shape, NashStatus.NOT_CONVERGED, dtype=torch.int64, device=device)
-    status = torch.where(converged, torch.full_like(status, NashStatus.OK), status)
-    infeasible = ~converged & ~degenerate & (diverged | ~improving)
-    status = torch.where(infeasible, torch.full_like(status, NashStatus.INFEASIBLE), status)
-    status = torch.where(degenerate, torch.full_like(status, NashStatus.DEGENERATE), status)
-    fallback = degenerate | infeasible
-    alpha = beta * inv_sqrt_diag
-    alpha = torch.where(fallback[..., None], torch.full_like(alpha, 1.0 / n), alpha)
-    # Residual of what is returned (the uniform fallback of an infeasible problem included).
-    beta_out = alpha * safe_diag.sqrt()
-    res = torch.where(fallback, residual_of(beta_out, matvec(k_hat, beta_out)), res)
-    res = torch.where(degenerate, torch.full_like(res, math.nan), res)
-    return alpha, res, iterations, status
+    diverged = ok & (beta_now[:, 0] > cap)
+    # Relative residual in the original coordinates: with w = 1/α = ‖g‖/β,
+    # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖.
+    w = sqrt_diag / beta
+    res = (rhs * w).norm(dim=(1, 2)) / w.norm(dim=(1, 2))
+    converged = ok & ~diverged & (res <= tol)
+    # Feasibility certificate for the others: a Newton decrement λ < 1 at any point proves that
+    # the self-concordant f has a minimiser (Nesterov, Introductory Lectures, thm. 4.1.11). The
+    # ridge shrinks the computed λ² by at most 1 + ridge·max β², and rounding in B K̂ B by
+    # about 1 + N·eps·max β² <= 1 + ridge·max β²; (1 + 4·ridge·max β²)² bounds both.
+    slack = torch.addcmul(torch.ones_like(beta_max), beta_max, beta_max, value=4 * ridge).square()
+    certified = (slack * lam2 < _CERTIFIED_DECREMENT**2)[:, 0]
+    infeasible = ok & ~converged & (diverged | ~certified)
+    status = torch.where(converged, NashStatus.OK, NashStatus.NOT_CONVERGED)
+    status = torch.where(infeasible, NashStatus.INFEASIBLE, status)
+    status = torch.where(ok, status, NashStatus.DEGENERATE)
+    fallback = infeasible | ~ok
+    alpha = torch.where(fallback[:, None, None], 1.0 / n, beta * inv_sqrt_diag)
+    # Residual of what is returned: for the uniform fallback ‖K1/N − N·1‖ / (N√N).
+    if sync_free or bool(infeasible.any()):
+        res_uniform = (k.sum(-1) / n - n).norm(dim=-1) / (n * math.sqrt(n))
+        res = torch.where(infeasible, res_uniform, res)
+    res = torch.where(ok, res, math.nan)
+    return (
+        alpha.reshape(*batch_shape, n),
+        res.reshape(batch_shape),
+        iterations.reshape(batch_shape),
+        status.to(torch.int64).reshape(batch_shape),
+    )
 
 
 def matvec(a: Tensor, v: Tensor) -> Tensor:
@@ -246,8 +298,13 @@ def matvec(a: Tensor, v: Tensor) -> Tensor:
 
 
 class _ImplicitNash(torch.autograd.Function):
-    """α(K) with the implicit-function gradient of K α = 1/α:
-    (K + diag(1/α²)) dα = −(dK) α, so ∂L/∂K = −sym(w αᵀ) with (K + diag(1/α²)) w = ∂L/∂α."""
+    """α(K) with the implicit-function gradient of K α = 1/α.
+
+    Differentiating gives (K + diag(1/α²)) dα = −(dK) α, so ∂L/∂K = −sym(w αᵀ) with
+    (K + diag(1/α²)) w = ∂L/∂α. With A = diag(α), K + A⁻² = A⁻¹(I + A K A)A⁻¹, so
+    w = α ⊙ (I + A K A)⁻¹(α ⊙ ∂L/∂α): a Cholesky solve with eigenvalues >= 1, in float64.
+    Only problems with status OK get a gradient; the others (uniform or unconverged α) get 0.
+    """
 
     @staticmethod
     def forward(ctx, gram: Tensor, alpha: Tensor, ok: Tensor) -> Tensor:  # type: ignore[override]
@@ -257,13 +314,16 @@ class _ImplicitNash(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_alpha: Tensor):  # type: ignore[override]
         gram, alpha, ok = ctx.saved_tensors
-        k = 0.5 * (gram + gram.mT)
-        h = k + torch.diag_embed(alpha.reciprocal().square())
-        w = torch.linalg.solve(h, grad_alpha[..., None])[..., 0]
-        w = torch.where(ok[..., None], w, torch.zeros_like(w))
-        g = -(w[..., :, None] * alpha[..., None, :])
+        k = gram.double()
+        k = 0.5 * (k + k.mT)
+        a = alpha.double()[..., :, None]  # [..., N, 1]
+        m = torch.addcmul(torch.eye(k.shape[-1], dtype=k.dtype, device=k.device), k, a * a.mT)
+        chol = torch.linalg.cholesky_ex(m)[0]
+        w = a * torch.cholesky_solve(a * grad_alpha.double()[..., :, None], chol)
+        w = torch.where(ok[..., None, None], torch.nan_to_num(w), 0.0)
+        g = -(w * a.mT)
         g = 0.5 * (g + g.mT)
-        return g, None, None
+        return g.to(gram.dtype), None, None
 
 
 def nash_bargaining(
@@ -285,18 +345,26 @@ def nash_bargaining(
     Args:
         gram: Gram matrices ``[..., N, N]`` (symmetric positive semi-definite, any leading batch
             dimensions, e.g. one problem per MoE layer), on any device.
-        max_iter: Newton iterations at most. On CPU the loop stops once every problem converged;
-            on CUDA it runs exactly ``max_iter`` masked iterations (no host synchronisation).
-        tol: convergence threshold on the relative residual ``‖Kα − 1/α‖ / ‖1/α‖``.
-        init: warm start ``[..., N]`` (positive), e.g. the previous step's α. Default
-            ``1/√diag(K)``, exact when the players are orthogonal.
-        ridge: relative Tikhonov term added to the Newton matrix only (K + ridge · diag(K)), a
-            numerical safeguard; the fixed point and the reported residual use K itself.
+        max_iter: Newton iterations at most (the bargaining budget). On CPU the loop stops once
+            every problem converged; on CUDA it runs exactly ``max_iter`` masked iterations (no
+            host synchronisation). Typical feasible problems need 3 to 6.
+        tol: convergence threshold on the relative residual ``‖Kα − 1/α‖ / ‖1/α‖``. A problem
+            stops iterating once max_i |α_i (Kα)_i − 1| <= tol, which implies it. With
+            ``compute_dtype=float32`` the threshold is at least 50 float32 epsilons (6e-6).
+        init: warm start ``[..., N]`` (positive, broadcastable to the batch), e.g. the previous
+            step's α. Its scale does not matter (the start is rescaled optimally along its ray).
+            Default ``1/√diag(K)``, exact when the players are orthogonal.
+        ridge: relative Tikhonov term added to the Newton matrix only (K + ridge · diag(K); at
+            least N·eps of the compute dtype), a numerical safeguard; the fixed point and the
+            reported residual use K itself. It also sets the smallest margin the solver
+            resolves: problems whose solution needs α_i‖g_i‖ > min(8/√ridge, 0.25/√eps) (an
+            improving direction within about √ridge/8 of not existing) are ``INFEASIBLE``.
         differentiable: if True, α carries the implicit-function gradient with respect to
             ``gram`` (``(K + diag(1/α²)) dα = −(dK) α``). Otherwise α is a constant for autograd,
             as in Nash-MTL.
         compute_dtype: dtype of the iteration, float64 (default: N is small, so it is cheap and
-            reaches 1e-12 residuals) or float32.
+            reaches 1e-12 residuals) or float32 (faster on GPUs; resolves margins down to about
+            1e-3 only).
         validate: check the input (shape, dtype, symmetry, finiteness) and raise ``ValueError``
             on bad input. Validation synchronises with the device; pass False in hot loops, where
             non-finite problems are then reported as ``DEGENERATE`` instead.
@@ -323,8 +391,7 @@ def nash_bargaining(
     alpha = alpha.to(out_dtype)
     residual = residual.to(out_dtype)
     if differentiable and gram.requires_grad:
-        alpha = _ImplicitNash.apply(gram, alpha.to(gram.dtype), status == NashStatus.OK)
-        alpha = alpha.to(out_dtype)
+        alpha = _ImplicitNash.apply(gram, alpha, status == NashStatus.OK)
     return NashSolution(alpha=alpha, residual=residual, iterations=iterations, status=status)
 
 
