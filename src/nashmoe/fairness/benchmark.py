@@ -380,8 +380,11 @@ def plot_tradeoff(
             ax.set_title(task)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 8), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    ncol = min(len(methods), 4)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    rows_of_legend = -(-len(methods) // ncol)
+    fig.suptitle("test metrics at the validation-selected epoch, mean ± std over seeds")
+    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
