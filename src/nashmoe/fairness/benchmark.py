@@ -31,6 +31,8 @@ __all__ = [
     "TABLE_METRICS",
     "aggregate",
     "compare_two_stage",
+    "format_comparison",
+    "format_diagnostics",
     "format_table",
     "plot_tradeoff",
     "run_benchmark",
@@ -248,7 +250,12 @@ def aggregate(
         stage1 = [r["stage1"] for r in runs if r.get("stage1")]
         if stage1:
             row["bargain_success_rate"] = _mean_std([s["bargain_success_rate"] for s in stage1])
-            row["stage1_conflict_fraction"] = _mean_std([s["conflict_fraction"] for s in stage1])
+            for key in (
+                "conflict_fraction",
+                "pairwise_conflict_fraction",
+                "clipped_improvement_fraction",
+            ):
+                row[f"stage1_{key}"] = _mean_std([s.get(key, math.nan) for s in stage1])
             counts: dict[str, int] = {}
             for s in stage1:
                 for k, v in s["status_counts"].items():
@@ -287,6 +294,36 @@ def format_table(rows: Sequence[dict], *, metrics: Sequence[str] = TABLE_METRICS
         cells = [r["task"], r["method"], *(_fmt(r[m]) for m in metrics)]
         cells.append(_fmt(r["bargain_success_rate"], 2) if "bargain_success_rate" in r else "")
         cells.append(_fmt(r["conflict_fraction"], 2) if "conflict_fraction" in r else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_diagnostics(rows: Sequence[dict]) -> str:
+    """Markdown table of the meta methods' hypergradient diagnostics (fractions of batches)."""
+    head = [
+        "task",
+        "method",
+        "conflict (all epochs)",
+        "stage-1 bargain ok",
+        "stage-1 statuses",
+        "stage-1 pairwise conflict",
+        "stage-1 improves all after clipping",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "conflict_fraction" not in r:
+            continue
+        cells = [r["task"], r["method"], _fmt(r["conflict_fraction"], 2)]
+        if "bargain_success_rate" in r:
+            counts = ", ".join(f"{k} {v}" for k, v in r["status_counts"].items() if v)
+            cells += [
+                _fmt(r["bargain_success_rate"], 3),
+                counts,
+                _fmt(r["stage1_pairwise_conflict_fraction"], 2),
+                _fmt(r["stage1_clipped_improvement_fraction"], 2),
+            ]
+        else:
+            cells += ["", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -414,6 +451,10 @@ def write_report(
         "Two-stage (Nash) vs one-stage, relative change of the means (%):",
         "",
         format_comparison(comparison),
+        "",
+        "Hypergradient diagnostics (fractions of batches, mean ± std over seeds):",
+        "",
+        format_diagnostics(rows),
         "",
         f"Test metrics, {_REFERENCE_LABEL}: epoch maximising the seed-mean test balanced accuracy.",
         "",
