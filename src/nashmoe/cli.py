@@ -17,6 +17,7 @@ from nashmoe._version import __version__
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("nashmoe.data._cli", "corpus split statistics: sizes, vocabulary, OOV rates"),
+    "defer": ("nashmoe.defer.cli", "multi-expert learning to defer (PiCCE)"),
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
 }
 
