@@ -46,7 +46,7 @@ _STEP_GRID = (1.0, 0.5, 0.25, 0.0625, 2.0, 8.0, 64.0)
 _RIDGE_CAP = 8.0
 _EPS_CAP = 0.25
 # Newton decrement below which a non-converged problem counts as certified feasible (< 1 in
-# exact arithmetic; a margin for rounding).
+# exact arithmetic; a margin for rounding). The other certificate is an improving iterate.
 _CERTIFIED_DECREMENT = 0.9
 # Relative asymmetry of the Gram matrix accepted by input validation.
 _SYMMETRY_RTOL = 1e-4
@@ -58,10 +58,10 @@ class NashStatus(enum.IntEnum):
     OK = 0
     """Converged: the relative residual is at most ``tol``."""
     NOT_CONVERGED = 1
-    """A Nash point exists (certified: the Newton decrement fell below 1, which proves that f has
-    a minimiser) but ``max_iter`` iterations did not reach ``tol``. α is the last iterate:
-    positive and finite, with the reported residual; it improves every player (K α > 0)
-    whenever max_i |α_i (Kα)_i − 1| < 1, i.e. once the iteration is anywhere near the answer."""
+    """A Nash point exists but ``max_iter`` iterations did not reach ``tol``. Existence is
+    certified, either by the last iterate itself (K α > 0: it improves every player) or by a
+    Newton decrement below 1 (which proves that f has a minimiser). α is the last iterate:
+    positive and finite, with the reported residual."""
     DEGENERATE = 2
     """Some player's vector is (numerically) zero, e.g. experts upcycled from one dense FFN, or
     the input was not finite: no Nash point exists. α is uniform 1/N, the residual NaN."""
@@ -272,7 +272,12 @@ def _solve(
     # ridge shrinks the computed λ² by at most 1 + ridge·max β², and rounding in B K̂ B by
     # about 1 + N·eps·max β² <= 1 + ridge·max β²; (1 + 4·ridge·max β²)² bounds both.
     slack = torch.addcmul(torch.ones_like(beta_max), beta_max, beta_max, value=4 * ridge).square()
-    certified = (slack * lam2 < _CERTIFIED_DECREMENT**2)[:, 0]
+    certified = slack * lam2 < _CERTIFIED_DECREMENT**2
+    # Or a witness: the current direction Δ = Σ β_i ĝ_i improves every player, (K̂β)_i > 0 beyond
+    # its rounding error (N·eps·Σ_j β_j per entry), which Gordan's alternative rules out for an
+    # infeasible problem.
+    witness = (b_kb - (4 * n * finfo.eps) * beta * beta.sum(1, keepdim=True)).amin(1) > 0
+    certified = (certified | witness)[:, 0]
     infeasible = ok & ~converged & (diverged | ~certified)
     status = torch.where(converged, NashStatus.OK, NashStatus.NOT_CONVERGED)
     status = torch.where(infeasible, NashStatus.INFEASIBLE, status)
