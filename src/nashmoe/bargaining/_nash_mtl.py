@@ -7,6 +7,7 @@ Nash bargaining solution Σ α_t g_t with (G Gᵀ) α = 1/α.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,12 +24,15 @@ class NashMTLOutput:
     """What :class:`NashMTL` returns for one step.
 
     Attributes:
-        weights: task weights α ``[T]`` actually used (after any fallback).
-        gradient: the aggregated gradient Σ α_t g_t ``[P]`` (clipped to ``max_norm`` if set);
-            ``None`` when the aggregator was given a Gramian.
+        weights: task weights α ``[T]`` actually used (after any fallback); constants for
+            autograd.
+        gradient: the aggregated gradient Σ α_t g_t ``[P]`` (clipped to ``max_norm`` if set),
+            detached from the graph. (Typed optional for aggregators fed a Gramian; ``forward``
+            always fills it.)
         solution: the solver's result, or ``None`` when the weights were reused
             (``update_weights_every`` > 1).
-        fallback: True when the solve failed and the previous (or uniform) weights were used.
+        fallback: True when the solve failed (degenerate or infeasible gradients) and the
+            previous (or uniform) weights were used.
     """
 
     weights: Tensor
@@ -45,8 +49,10 @@ class NashMTL(nn.Module):
             (Nash-MTL's option to amortise its slow solver; ours is fast, so 1 is the default).
         max_norm: if set, clip the aggregated gradient to this L2 norm. Scale: the Nash direction
             always has norm √T whatever the scale of the gradients (αᵀKα = T), so α absorbs the
-            gradients' scale (α ∝ 1/scale) and the step length is set by the learning rate and
-            this clip alone. Nash-MTL clips at 1.0.
+            gradients' scale (α ∝ 1/scale; weights like [47, 732] just mean small gradients) and
+            the step length is set by the learning rate and this clip alone: with
+            ``max_norm < √T`` every step has norm exactly ``max_norm`` (a converged solve),
+            otherwise √T. Nash-MTL clips at 1.0.
         max_iter, tol: solver settings (see :func:`nash_bargaining`).
         warm_start: start each solve from the previous α (Nash-MTL does).
         fallback: on a failed solve (degenerate or infeasible gradients), use the ``"last"``
@@ -73,7 +79,11 @@ class NashMTL(nn.Module):
         fallback: str = "last",
     ) -> None:
         super().__init__()
-        if not isinstance(update_weights_every, int) or update_weights_every < 1:
+        if (
+            isinstance(update_weights_every, bool)
+            or not isinstance(update_weights_every, int)
+            or update_weights_every < 1
+        ):
             raise ValueError(
                 f"update_weights_every must be an integer >= 1, got {update_weights_every!r}"
             )
@@ -81,6 +91,10 @@ class NashMTL(nn.Module):
             raise ValueError(f"max_norm must be positive or None, got {max_norm!r}")
         if fallback not in ("last", "uniform"):
             raise ValueError(f"fallback must be 'last' or 'uniform', got {fallback!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if not (tol > 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be positive and finite, got {tol!r}")
         self.update_weights_every = update_weights_every
         self.max_norm = max_norm
         self.max_iter = max_iter
@@ -109,8 +123,9 @@ class NashMTL(nn.Module):
 
         Returns ``(weights, solution, fallback)``; ``solution`` is None when α was reused.
         """
-        if gram.ndim != 2:
-            raise ValueError(f"gram must have shape [T, T], got {tuple(gram.shape)}")
+        if not isinstance(gram, Tensor) or gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+            shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
+            raise ValueError(f"gram must be a square matrix [T, T], got {shape}")
         n = gram.shape[-1]
         have_previous = self.alpha.numel() == n
         if self.alpha.numel() not in (0, n):
@@ -118,17 +133,19 @@ class NashMTL(nn.Module):
                 f"NashMTL was used with {self.alpha.numel()} tasks and now gets {n}; call reset()"
             )
         reuse = have_previous and int(self.step) % self.update_weights_every != 0
-        self.step += 1
         if reuse:
-            return self.alpha.to(gram.dtype), None, False
+            self.step += 1
+            return self.alpha.to(device=gram.device, dtype=gram.dtype), None, False
         init = self.alpha if (self.warm_start and have_previous) else None
+        # Bad input raises here, before any state changes.
         solution = nash_bargaining(gram, max_iter=self.max_iter, tol=self.tol, init=init)
+        self.step += 1
         status = int(solution.status)
         failed = status in (NashStatus.DEGENERATE, NashStatus.INFEASIBLE)
         if failed:
             self.num_fallbacks += 1
             if self.fallback == "last" and have_previous:
-                weights = self.alpha.to(gram.dtype)
+                weights = self.alpha.to(device=gram.device, dtype=gram.dtype)
             else:
                 weights = torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
         else:
@@ -162,6 +179,8 @@ class NashMTL(nn.Module):
         A convenience for small models: it runs one backward pass per task (as Nash-MTL does).
         """
         params = [p for p in parameters if p.requires_grad]
+        if not params:
+            raise ValueError("NashMTL.backward needs at least one parameter that requires grad")
         rows = []
         for loss in losses:
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
@@ -177,7 +196,7 @@ class NashMTL(nn.Module):
         offset = 0
         for p in params:
             n = p.numel()
-            g = out.gradient[offset : offset + n].view_as(p)
+            g = out.gradient[offset : offset + n].view_as(p).to(p.dtype)
             p.grad = g.clone() if p.grad is None else p.grad + g
             offset += n
         return out

@@ -29,7 +29,7 @@ _DEFAULT_OPTIONS = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-1
 def _import_cvxpy() -> Any:
     try:
         import cvxpy
-    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
+    except ImportError as exc:
         raise ImportError(
             "the reference Nash bargaining solver needs cvxpy and Clarabel: "
             "pip install 'nashmoe[ref]'"
