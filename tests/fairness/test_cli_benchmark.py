@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from nashmoe.cli import main
-from nashmoe.fairness.benchmark import aggregate, compare_two_stage, format_table
+from nashmoe.fairness.benchmark import (
+    aggregate,
+    compare_two_stage,
+    format_paired,
+    format_table,
+    paired_differences,
+)
 
 
 def _need_german() -> None:
@@ -121,3 +127,10 @@ def test_aggregate_protocols_and_comparison() -> None:
     assert "| t/s | nash-ltr |" in format_table(rows, metrics=metrics)
     with pytest.raises(ValueError, match="protocol"):
         aggregate(runs, protocol="test")
+    paired = paired_differences(runs, metrics=metrics)
+    assert len(paired) == 1 and paired[0]["seeds"] == [0, 1]
+    mean, _, n, better = paired[0]["roc_auc"]  # per seed: 0.9 − 0.8 and 0.9 − 0.9
+    assert (mean, n, better) == (pytest.approx(0.05), 2, 1)
+    mean_gap, _, _, better_gap = paired[0]["balanced_accuracy_group_gap"]  # lower is better
+    assert mean_gap == pytest.approx(-0.05) and better_gap == 1
+    assert "(1/2)" in format_paired(paired)

@@ -33,9 +33,12 @@ __all__ = [
     "compare_two_stage",
     "format_comparison",
     "format_diagnostics",
+    "format_paired",
     "format_table",
+    "paired_differences",
     "plot_tradeoff",
     "run_benchmark",
+    "write_report",
 ]
 
 BENCHMARK_TASKS = ("adult/sex", "adult/race", "compas/race", "german/age")
@@ -357,6 +360,68 @@ def compare_two_stage(
     return out
 
 
+_HIGHER_IS_BETTER = {
+    "roc_auc",
+    "balanced_accuracy",
+    "balanced_accuracy_worst_group",
+    "roc_auc_worst_group",
+}
+
+
+def paired_differences(
+    results: Sequence[dict],
+    *,
+    metrics: Sequence[str] = (
+        "roc_auc",
+        "balanced_accuracy",
+        "balanced_accuracy_group_gap",
+        "equalized_odds_difference",
+    ),
+) -> list[dict]:
+    """Per-seed differences (Nash method − one-stage method) of the validation-selected test
+    metrics: mean ± std over seeds and the number of seeds where the Nash method is better
+    (higher for performance metrics, lower for gaps and differences). Seeds share the split and
+    the initialisation, so the comparison is paired."""
+    by: dict[tuple[str, str, int], dict] = {}
+    for r in results:
+        task = r.get("task") or f"{r['dataset']['name']}/{r['dataset']['sensitive']}"
+        by[(task, r["config"]["method"], r["config"]["seed"])] = r["selected"]["test"]
+    out = []
+    tasks = sorted({k[0] for k in by})
+    for task in tasks:
+        for method in ("nash-ltr", "nash-forml", "nash-meta-gdro"):
+            base = method[5:]
+            seeds = sorted(
+                s for (t, m, s) in by if t == task and m == method and (t, base, s) in by
+            )
+            if not seeds:
+                continue
+            entry: dict = {"task": task, "method": method, "baseline": base, "seeds": seeds}
+            for m in metrics:
+                d = [by[(task, method, s)][m] - by[(task, base, s)][m] for s in seeds]
+                d = [x for x in d if not math.isnan(x)]
+                better = sum((x > 0) if m in _HIGHER_IS_BETTER else (x < 0) for x in d)
+                entry[m] = (*_mean_std(d), better)
+            out.append(entry)
+    return out
+
+
+def format_paired(entries: Sequence[dict]) -> str:
+    """Markdown table of :func:`paired_differences`: mean ± std (wins/seeds)."""
+    if not entries:
+        return ""
+    keys = [k for k in entries[0] if k not in ("task", "method", "baseline", "seeds")]
+    head = ["task", "Nash − one-stage", *(f"Δ{_SHORT.get(k, k)}" for k in keys)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [e["task"], f"{e['method']} − {e['baseline']}"]
+        for k in keys:
+            mean, std, n, better = e[k]
+            cells.append("n/a" if n == 0 else f"{mean:+.3f} ± {std:.3f} ({better}/{n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_comparison(entries: Sequence[dict]) -> str:
     """Markdown table of :func:`compare_two_stage`."""
     if not entries:
@@ -436,11 +501,13 @@ def write_report(
     ref_rows = aggregate(results, protocol="test_seed_mean")
     last_rows = aggregate(results, protocol="last")
     comparison = compare_two_stage(rows)
+    paired = paired_differences(results)
     summary = {
         "validation_selected": rows,
         "last_epoch": last_rows,
         "reference_protocol": ref_rows,
         "two_stage_vs_one_stage_percent": comparison,
+        "paired_differences": paired,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
     text = [
@@ -451,6 +518,10 @@ def write_report(
         "Two-stage (Nash) vs one-stage, relative change of the means (%):",
         "",
         format_comparison(comparison),
+        "",
+        "Paired per-seed differences, Nash − one-stage: mean ± std (seeds where Nash is better):",
+        "",
+        format_paired(paired),
         "",
         "Hypergradient diagnostics (fractions of batches, mean ± std over seeds):",
         "",
