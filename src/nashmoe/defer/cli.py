@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs", type=int, default=None, help="default 6 (cnn), 15 (kmeans-mlp), 8 (bow)"
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help="default 0.05 (cnn, SGD), 1e-3 (AdamW)"
+        "--lr", type=float, default=None, help="default 0.05 (SGD), 1e-3 (AdamW), 5e-3 (bow)"
     )
     parser.add_argument(
         "--optimizer",
@@ -119,11 +119,12 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
         )
     cnn = model == "cnn"
     optimizer = args.optimizer or ("sgd" if cnn else "adam")
+    default_lr = 0.05 if optimizer == "sgd" else (5e-3 if model == "bow" else 1e-3)
     return {
         "model": model,
         "epochs": args.epochs or {"cnn": 6, "kmeans-mlp": 15, "bow": 8}[model],
         "optimizer": optimizer,
-        "lr": args.lr if args.lr is not None else (0.05 if optimizer == "sgd" else 1e-3),
+        "lr": args.lr if args.lr is not None else default_lr,
         "weight_decay": args.weight_decay
         if args.weight_decay is not None
         else (5e-4 if cnn else 0.0),
@@ -160,7 +161,9 @@ def _load(args: argparse.Namespace, model: str, seed: int):
             train_limit=args.train_limit,
             inputs=inputs,
         )
-    return ex.hatespeech_data(args.num_experts or 3, data_dir=args.data_dir, seed=seed)
+    return ex.hatespeech_data(
+        args.num_experts or 3, data_dir=args.data_dir, seed=seed, train_limit=args.train_limit
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,7 +190,11 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     results = []
     for seed in args.seeds:
-        data = _load(args, cfg["model"], seed)
+        try:
+            data = _load(args, cfg["model"], seed)
+        except (FileNotFoundError, ImportError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         summary = data.info["test"]
         log(
             f"[{data.name}] seed {seed}: J={data.num_experts}, train/val/test = "

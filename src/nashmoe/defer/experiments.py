@@ -301,6 +301,7 @@ def hatespeech_data(
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     max_len: int = 96,
     min_count: int = 2,
+    train_limit: int | None = None,
 ) -> DeferData:
     """Hate speech with J simulated annotators (spec section 9, construction (c)).
 
@@ -311,6 +312,7 @@ def hatespeech_data(
     if swap is None:
         swap = list(np.linspace(0.0, 0.3, num_experts)) if num_experts > 1 else [0.0]
     tr_idx, va_idx, te_idx = stratified_split(data.labels, fractions, seed=seed)
+    tr_idx = _subsample(tr_idx, data.labels, train_limit, seed)
     vocab = build_vocab([data.tweets[i] for i in tr_idx], min_count=min_count)
     tokens = encode(data.tweets, vocab, max_len=max_len)
     preds = sample_vote_annotators(data.vote_probs, num_experts, seed=seed + 17, swap=swap)
@@ -342,7 +344,7 @@ def build_model(
     if data.input_kind == "features":
         return MLPHead(data.train.x.shape[1], outputs, hidden=hidden, dropout=dropout)
     vocab = int(data.info.get("vocab_size", int(data.train.x.max()) + 1))
-    return BagOfWordsClassifier(vocab, outputs, dim=hidden // 4 or 1, hidden=hidden // 4 or 1)
+    return BagOfWordsClassifier(vocab, outputs, dim=hidden, hidden=hidden)
 
 
 def run_experiment(
@@ -434,9 +436,8 @@ def run_experiment(
         preds = scores[:, : data.num_classes].argmax(1)
         result["official_test_classifier_acc"] = float((preds == y).double().mean())
     if curve:
-        points = compute_coverage_v_acc_curve(
-            trainer.test(data.test.loader(1000)), num_quantiles=50
-        )
+        assert trainer.final_outputs is not None
+        points = compute_coverage_v_acc_curve(trainer.final_outputs, num_quantiles=50)
         result["curve"] = {
             "coverage": [p["coverage"] for p in points],
             "system_acc": [p["system_acc"] for p in points],

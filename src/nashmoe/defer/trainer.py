@@ -128,6 +128,7 @@ class MultiExpertL2D:
         self.train_transform = train_transform
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[dict[str, float]] = []
+        self.final_outputs: dict[str, np.ndarray] | None = None  # test() of the selected model
 
     def surrogate_loss_function(
         self,
@@ -231,7 +232,8 @@ class MultiExpertL2D:
         if best_state is not None:
             self.model.load_state_dict(best_state)
         final = dataloader_test if dataloader_test is not None else dataloader_val
-        metrics = compute_multi_expert_metrics(self.test(final))
+        self.final_outputs = self.test(final)
+        metrics = compute_multi_expert_metrics(self.final_outputs)
         metrics["best_epoch"] = best_epoch
         metrics["best_val_system_acc"] = best_acc
         return metrics
