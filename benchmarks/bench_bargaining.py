@@ -1,0 +1,450 @@
+"""Benchmark: the batched Newton solver vs Nash-MTL's sequential convex approximation.
+
+Times ``nashmoe.bargaining.nash_bargaining`` per problem for N ∈ {2, 4, 8, 16, 32, 64} players,
+batches of 1 and 24 problems, float64 and float32 (the compute dtype follows the input), on the CPU
+and on CUDA when present, side by side with a reimplementation of the solver that Nash-MTL ships
+(Navon et al., ICML 2022; ``methods/weight_methods.py`` of AvivNavon/nash-mtl, carried by LibMTL and
+TorchJD): the Gram matrix normalised by its Frobenius norm and moved to numpy, then up to 20 rounds
+of a sequential convex approximation in cvxpy (α >= 0, log α_i + log (Kα)_i >= 0, the objective
+Σ(Kα)_i plus the linearisation of Σ log α_i + Σ log (Kα)_i at the previous α), each solved by ECOS
+with warm start (max 100 iterations), stopping when ‖K̃α − 1/α‖ < 1e-3 on the normalised K̃ or when
+α moves less than 1e-6, and warm-started from the previous problem's α (from ones at first), as in
+training. The baseline has no batching: a batch of b problems costs b solves.
+
+Reported per row: our time per problem (median over repeats of one batched call, divided by the
+batch), the baseline's mean time per solve, the speedup, the max relative residual
+‖Kα − 1/α‖ / ‖1/α‖ of both, our max iterations and statuses, the baseline's mean outer rounds, and
+the max relative difference between the two α. Then a sweep of ``max_iter`` (the bargaining
+budget): residual vs iterations.
+
+    python benchmarks/bench_bargaining.py --out runs/bench           # full (a few minutes)
+    python benchmarks/bench_bargaining.py --quick --out runs/bench-quick   # < 1 minute
+
+Needs the ``bench`` extra for the baseline (cvxpy + ECOS); ``--no-baseline`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nashmoe.bargaining import NashStatus, nash_bargaining
+
+SIZES = (2, 4, 8, 16, 32, 64)
+BATCHES = (1, 24)
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+SWEEP_BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10, 20)
+
+
+# --- problems ----------------------------------------------------------------------------------
+
+
+def make_problems(n: int, batch: int, *, seed: int, decades: float = 0.25) -> torch.Tensor:
+    """Feasible Gram matrices [batch, n, n] in float64, like per-task gradients: Gaussian rows in
+    P = 4n dimensions, shifted along a shared random direction until each has cosine >= 0.2 with
+    it (so a direction improving every player exists), with norms spread over ±``decades``
+    powers of ten (the default, a factor of about 3, is where the baseline works as intended;
+    ``run_robustness`` uses ±1)."""
+    gen = torch.Generator().manual_seed(seed)
+    p = 4 * n
+    g = torch.randn(batch, n, p, generator=gen, dtype=torch.float64)
+    u = torch.randn(batch, 1, p, generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    proj = (g * u).sum(-1, keepdim=True)
+    g = g + (0.2 * g.norm(dim=-1, keepdim=True) - proj).clamp_min(0) * u
+    spread = torch.rand(batch, n, 1, generator=gen, dtype=torch.float64) * 2 - 1
+    g = g * 10.0 ** (decades * spread)
+    return g @ g.mT
+
+
+def relative_residual(gram: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    k, a = gram.double().cpu(), alpha.double().cpu()
+    inv = 1.0 / a
+    return ((k @ a[..., None])[..., 0] - inv).norm(dim=-1) / inv.norm(dim=-1)
+
+
+# --- the Nash-MTL baseline ---------------------------------------------------------------------
+
+
+class NashMTLBaseline:
+    """Nash-MTL's sequential convex approximation, reimplemented for this benchmark only.
+
+    One cvxpy problem per number of players, built once with parameters and re-solved, as the
+    original does; the parameterised problem is not DPP, so cvxpy recompiles it at every solve
+    (and warns, which is silenced here).
+    """
+
+    def __init__(self, n: int, *, rounds: int = 20) -> None:
+        try:
+            import cvxpy as cp
+        except ImportError as exc:
+            raise ImportError(
+                "the Nash-MTL baseline needs cvxpy and ECOS: pip install 'nashmoe[bench]'"
+            ) from exc
+        if "ECOS" not in cp.installed_solvers():
+            raise ImportError("the Nash-MTL baseline needs ECOS: pip install 'nashmoe[bench]'")
+        self.cp = cp
+        self.n = n
+        self.rounds = rounds
+        self.previous = np.ones(n, dtype=np.float32)  # Nash-MTL starts from ones
+        self.alpha = cp.Variable(n, nonneg=True)
+        self.anchor = cp.Parameter(n, value=np.ones(n))
+        self.gram = cp.Parameter((n, n), value=np.eye(n))
+        self.scale = cp.Parameter(1, value=np.array([1.0]))
+        k_alpha = self.gram @ self.alpha
+        # Linearisation of φ(α) = Σ log α_i + Σ log (Kα)_i at the anchor.
+        slope = 1 / self.anchor + (1 / (self.gram @ self.anchor)) @ self.gram
+        phi = slope @ (self.alpha - self.anchor)
+        constraints = [
+            -cp.log(self.alpha[i] * self.scale) - cp.log(k_alpha[i]) <= 0 for i in range(n)
+        ]
+        self.problem = cp.Problem(cp.Minimize(cp.sum(k_alpha) + phi / self.scale), constraints)
+
+    def solve(self, gram: np.ndarray) -> tuple[np.ndarray, int, str]:
+        """α for one Gram matrix; returns (alpha, rounds used, last solver status)."""
+        cp = self.cp
+        norm = float(np.linalg.norm(gram))
+        normalised = gram / norm
+        self.gram.value = normalised
+        self.scale.value = np.array([norm])
+        alpha = self.previous
+        rounds, status = 0, "none"
+        for _ in range(self.rounds):
+            rounds += 1
+            self.alpha.value = alpha
+            self.anchor.value = alpha
+            try:
+                self.problem.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
+                status = self.problem.status
+            except cp.error.SolverError:
+                self.alpha.value = self.anchor.value
+                status = "solver_error"
+            new = self.alpha.value
+            if (
+                new is None
+                or np.linalg.norm(normalised @ alpha - 1 / (alpha + 1e-10)) < 1e-3
+                or np.linalg.norm(new - alpha) < 1e-6
+            ):
+                break
+            alpha = new
+        if alpha is not None:
+            self.previous = alpha
+        return np.asarray(self.previous, dtype=np.float64), rounds, status
+
+
+def run_baseline(grams: torch.Tensor, limit: int | None) -> dict[str, Any]:
+    n = grams.shape[-1]
+    solver = NashMTLBaseline(n)
+    count = grams.shape[0] if limit is None else min(limit, grams.shape[0])
+    alphas, times, rounds, statuses = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not DPP", "Solution may be inaccurate"
+        # One untimed solve: cvxpy's first call pays one-off import and set-up costs.
+        NashMTLBaseline(n).solve(grams[0].numpy())
+        for i in range(count):
+            start = time.perf_counter()
+            alpha, used, status = solver.solve(grams[i].numpy())
+            times.append(time.perf_counter() - start)
+            alphas.append(torch.from_numpy(alpha))
+            rounds.append(used)
+            statuses.append(status)
+    alpha = torch.stack(alphas)
+    return {
+        "alpha": alpha,
+        "problems": count,
+        "ms_per_solve": 1e3 * statistics.fmean(times),
+        "residual_max": float(relative_residual(grams[:count], alpha).max()),
+        "rounds_mean": statistics.fmean(rounds),
+        "solver_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+    }
+
+
+# --- our solver --------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(gram: torch.Tensor, *, min_time: float, min_reps: int, **kwargs: Any) -> float:
+    """Median seconds per call of nash_bargaining(gram, **kwargs)."""
+    device = gram.device
+    for _ in range(3):  # warm-up
+        nash_bargaining(gram, **kwargs)
+    _sync(device)
+    samples: list[float] = []
+    total = 0.0
+    while len(samples) < min_reps or total < min_time:
+        start = time.perf_counter()
+        nash_bargaining(gram, **kwargs)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        samples.append(elapsed)
+        total += elapsed
+    return statistics.median(samples)
+
+
+def status_counts(status: torch.Tensor) -> dict[str, int]:
+    counts = torch.bincount(status.reshape(-1).cpu(), minlength=len(NashStatus))
+    return {s.name: int(counts[s.value]) for s in NashStatus if int(counts[s.value])}
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/bench", help="output folder (JSON)")
+    parser.add_argument("--quick", action="store_true", help="a subset, under a minute")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the cvxpy baseline")
+    parser.add_argument(
+        "--baseline-problems",
+        type=int,
+        default=None,
+        help="solve at most this many problems per size with the baseline (default: all 24)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per row")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _fmt_status(counts: dict[str, int]) -> str:
+    short = {"OK": "ok", "NOT_CONVERGED": "nc", "DEGENERATE": "deg", "INFEASIBLE": "inf"}
+    return " ".join(f"{short[k]}:{v}" for k, v in counts.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = tuple(args.sizes or ((4, 8) if args.quick else SIZES))
+    batches = tuple(args.batches or BATCHES)
+    dtypes = tuple(args.dtypes or DTYPES)
+    min_time = min(args.min_time, 0.2) if args.quick else args.min_time
+    baseline_limit = args.baseline_problems or (4 if args.quick else None)
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    max_batch = max(batches)
+
+    rows: list[dict[str, Any]] = []
+    baselines: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        grams = make_problems(n, max_batch, seed=args.seed + n)
+        if not args.no_baseline:
+            baselines[n] = run_baseline(grams, baseline_limit)
+            print(
+                f"baseline N={n}: {baselines[n]['ms_per_solve']:.1f} ms/solve over "
+                f"{baselines[n]['problems']} problems",
+                file=sys.stderr,
+            )
+        for device in devices:
+            for dtype_name in dtypes:
+                for batch in batches:
+                    gram = grams[:batch].to(device=device, dtype=DTYPES[dtype_name])
+                    kwargs = {"compute_dtype": DTYPES[dtype_name]}
+                    seconds = time_ours(gram, min_time=min_time, min_reps=10, **kwargs)
+                    sol = nash_bargaining(gram, **kwargs)
+                    res = relative_residual(gram, sol.alpha)
+                    row: dict[str, Any] = {
+                        "device": device.type,
+                        "dtype": dtype_name,
+                        "n": n,
+                        "batch": batch,
+                        "us_per_problem": 1e6 * seconds / batch,
+                        "ms_per_call": 1e3 * seconds,
+                        "residual_max": float(res.max()),
+                        "reported_residual_max": float(sol.residual.max()),
+                        "iterations_max": int(sol.iterations.max()),
+                        "iterations_mean": float(sol.iterations.double().mean()),
+                        "statuses": status_counts(sol.status),
+                    }
+                    base = baselines.get(n)
+                    if base is not None:
+                        m = min(batch, base["problems"])
+                        ours = sol.alpha[:m].double().cpu()
+                        row["baseline_ms_per_solve"] = base["ms_per_solve"]
+                        row["speedup"] = 1e3 * base["ms_per_solve"] / row["us_per_problem"]
+                        row["baseline_residual_max"] = base["residual_max"]
+                        row["baseline_rounds_mean"] = base["rounds_mean"]
+                        row["baseline_solver_statuses"] = base["solver_statuses"]
+                        row["agreement_max_rel"] = float(
+                            ((ours - base["alpha"][:m]) / ours).abs().max()
+                        )
+                    rows.append(row)
+
+    sweep = run_sweep(args, devices[0], quick=args.quick)
+    robustness = [] if args.no_baseline else run_robustness(args, quick=args.quick)
+    report = {
+        "benchmark": "bench_bargaining",
+        "command": " ".join(["bench_bargaining.py", *(sys.argv[1:] if argv is None else argv)]),
+        "environment": environment(args.threads),
+        "problems": "feasible Gram matrices of Gaussian gradients, P = 4N, norms within ±0.25 "
+        "decades",
+        "rows": rows,
+        "baseline": {
+            str(n): {k: v for k, v in b.items() if k != "alpha"} for n, b in baselines.items()
+        },
+        "max_iter_sweep": sweep,
+        "scaled_robustness": robustness,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench_bargaining.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows)
+    print_sweep(sweep)
+    print_robustness(robustness)
+    print(f"\nwrote {path}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace, device: torch.device, *, quick: bool) -> list[dict]:
+    """Residual vs the Newton budget (max_iter), tol=1e-14 so that every budget is spent."""
+    sweep = []
+    for n in (8,) if quick else (8, 32):
+        grams = make_problems(n, 24, seed=args.seed + 1000 + n)
+        for dtype_name in ("float64", "float32"):
+            gram = grams.to(device=device, dtype=DTYPES[dtype_name])
+            for budget in SWEEP_BUDGETS:
+                kwargs = {"compute_dtype": DTYPES[dtype_name], "max_iter": budget, "tol": 1e-14}
+                sol = nash_bargaining(gram, **kwargs)
+                res = relative_residual(gram, sol.alpha)
+                seconds = time_ours(gram, min_time=0.05 if quick else 0.2, min_reps=5, **kwargs)
+                sweep.append(
+                    {
+                        "device": device.type,
+                        "dtype": dtype_name,
+                        "n": n,
+                        "batch": 24,
+                        "max_iter": budget,
+                        "residual_max": float(res.max()),
+                        "residual_median": float(res.median()),
+                        "statuses": status_counts(sol.status),
+                        "us_per_problem": 1e6 * seconds / 24,
+                    }
+                )
+    return sweep
+
+
+def run_robustness(args: argparse.Namespace, *, quick: bool) -> list[dict[str, Any]]:
+    """Both solvers on problems whose player norms spread over ±1 decade (a factor of 100)."""
+    out = []
+    for n in (8,) if quick else (4, 8, 16):
+        grams = make_problems(n, 24, seed=args.seed + 2000 + n, decades=1.0)
+        base = run_baseline(grams, 4 if quick else None)
+        m = base["problems"]
+        ours = nash_bargaining(grams[:m])
+        res_ours = relative_residual(grams[:m], ours.alpha)
+        res_base = relative_residual(grams[:m], base["alpha"])
+        out.append(
+            {
+                "n": n,
+                "problems": m,
+                "ours_residual_max": float(res_ours.max()),
+                "ours_statuses": status_counts(ours.status),
+                "baseline_residual_max": float(res_base.max()),
+                "baseline_failures": int((res_base > 1e-3).sum()),
+                "baseline_rounds_mean": base["rounds_mean"],
+                "baseline_solver_statuses": base["solver_statuses"],
+                "agreement_max_rel": float(((ours.alpha - base["alpha"]) / ours.alpha).abs().max()),
+            }
+        )
+    return out
+
+
+def print_robustness(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    print("\nnorms over ±1 decade (float64, CPU): residual max, baseline solves off by > 1e-3")
+    print(
+        f"{'N':>3} {'problems':>8} {'res ours':>9} {'res base':>9} {'base failed':>11} {'agree':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['n']:3d} {r['problems']:8d} {r['ours_residual_max']:9.1e} "
+            f"{r['baseline_residual_max']:9.1e} {r['baseline_failures']:11d} "
+            f"{r['agreement_max_rel']:8.1e}  ours: {_fmt_status(r['ours_statuses'])}"
+        )
+
+
+def environment(threads: int) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "threads": threads,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import cvxpy
+
+        env["cvxpy"] = cvxpy.__version__
+        import ecos
+
+        env["ecos"] = getattr(ecos, "__version__", "?")
+    except ImportError:
+        pass
+    return env
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'device':6} {'dtype':7} {'N':>3} {'batch':>5} {'ours us/pb':>10} {'base ms':>8} "
+        f"{'speedup':>8} {'res ours':>9} {'res base':>9} {'iters':>5} {'rounds':>6} "
+        f"{'agree':>8}  statuses"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "baseline_ms_per_solve" in r:
+            base = (
+                f"{r['baseline_ms_per_solve']:8.1f} {r['speedup']:7.0f}x "
+                f"{r['residual_max']:9.1e} {r['baseline_residual_max']:9.1e} "
+                f"{r['iterations_max']:5d} {r['baseline_rounds_mean']:6.1f} "
+                f"{r['agreement_max_rel']:8.1e}"
+            )
+        else:
+            base = (
+                f"{'-':>8} {'-':>8} {r['residual_max']:9.1e} {'-':>9} "
+                f"{r['iterations_max']:5d} {'-':>6} {'-':>8}"
+            )
+        print(
+            f"{r['device']:6} {r['dtype']:7} {r['n']:3d} {r['batch']:5d} "
+            f"{r['us_per_problem']:10.1f} {base}  {_fmt_status(r['statuses'])}"
+        )
+
+
+def print_sweep(sweep: list[dict[str, Any]]) -> None:
+    print("\nmax_iter sweep (tol=1e-14, batch 24): max / median relative residual, statuses")
+    print(
+        f"{'dtype':7} {'N':>3} {'max_iter':>8} {'res max':>9} {'res med':>9} {'us/pb':>7}  statuses"
+    )
+    for s in sweep:
+        print(
+            f"{s['dtype']:7} {s['n']:3d} {s['max_iter']:8d} {s['residual_max']:9.1e} "
+            f"{s['residual_median']:9.1e} {s['us_per_problem']:7.1f}  {_fmt_status(s['statuses'])}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
