@@ -21,8 +21,6 @@ from nashmoe.moe.layout import ExpertLayout
 
 __all__ = ["KroneckerCurvature", "split_factor"]
 
-_LETTERS = "abcdefgh"
-
 
 def split_factor(n: int) -> tuple[int, int]:
     """``(a, n // a)`` with ``a`` the largest divisor of ``n`` not above √n."""
@@ -33,7 +31,10 @@ def split_factor(n: int) -> tuple[int, int]:
 
 
 class KroneckerCurvature(nn.Module):
-    """One Kronecker-factored operator per expert and per tensor, applied to flat vectors.
+    """One Kronecker-factored operator per expert and per tensor.
+
+    Each mode product is one (broadcast) batched matrix product on a view of τ; no product of mode
+    matrices is ever formed.
 
     Args:
         layout: the expert layout (which tensors, which shapes).
@@ -63,28 +64,23 @@ class KroneckerCurvature(nn.Module):
     def mode_matrices(self, name: str) -> list[Tensor]:
         return [self.modes[f"{name}_{k}"] for k in range(len(self.factors[name]))]
 
-    def forward(self, vectors: Tensor) -> Tensor:
-        """Apply M_i to the flat domain vectors ``[N, P]`` of every expert: returns ``[N, P]``."""
-        n = vectors.shape[0]
-        parts = []
-        for name, part in self.layout.unflatten(vectors).items():
+    def forward(self, vectors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Apply M_i to every expert's domain vectors ``{name: [N, *shape]}``."""
+        out = {}
+        for name, part in vectors.items():
             dims = self.factors[name]
-            t = part.reshape(n, *dims)
-            # Σ_r t ×_1 A_r1 ×_2 A_r2 ...: contract one mode at a time (a batched matmul each),
-            # never forming a product of the mode matrices.
-            letters = _LETTERS[: len(dims)]
-            current = "n" + letters
-            out = t
-            for k, mat in enumerate(self.mode_matrices(name)):
-                src = letters[k]
-                dst = src.upper()
-                target = "rn" + current[-len(dims) :].replace(src, dst)
-                spec = f"rn{dst}{src},{current}->{target}"
-                out = torch.einsum(spec, mat, out)
-                current = target
-            out = out.sum(0)
-            parts.append(out.reshape(n, -1))
-        return torch.cat(parts, dim=-1)
+            n = part.shape[0]
+            t = part.reshape(1, n, -1)  # broadcast over the R rank terms
+            mats = self.mode_matrices(name)
+            for k, mat in enumerate(mats):
+                pre, m = math.prod(dims[:k]), dims[k]
+                if k == len(dims) - 1:  # last mode: t [R, N, pre, m] @ Aᵀ
+                    t = t.reshape(t.shape[0], n, pre, m) @ mat.transpose(-1, -2).to(t.dtype)
+                else:  # A [R, N, 1, m, m] @ t [R, N, pre, m, post]
+                    post = math.prod(dims[k + 1 :])
+                    t = mat[:, :, None].to(t.dtype) @ t.reshape(t.shape[0], n, pre, m, post)
+            out[name] = t.sum(dim=0).reshape(part.shape)
+        return out
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, rank={self.rank}, init_scale={self.init_scale:g}"

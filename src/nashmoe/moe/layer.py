@@ -30,6 +30,7 @@ from nashmoe.moe.cache import InferenceCache, parameter_key
 from nashmoe.moe.config import MoEConfig
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.ffn import activation_fn, dense_ffn, merged_ffn, mixed_ffn, topk_ffn
+from nashmoe.moe.fused import merge_and_apply
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_segments
 from nashmoe.moe.state import PropagationChain, PropagationState
@@ -41,8 +42,8 @@ __all__ = ["MoEFeedForward", "SegmentCache"]
 class _ParameterPart:
     """Everything a merging layer derives from parameters alone (input-independent)."""
 
-    base: Tensor | None  # flat E_m [P] (None for smear)
-    vectors: Tensor  # [N, P]: E_i (smear) or D_i = M_i(mask ⊙ τ_i) (CAMEx family)
+    base: dict[str, Tensor] | None  # E_m {name: [*shape]} (None for smear)
+    vectors: dict[str, Tensor]  # {name: [N, *shape]}: E_i (smear) or D_i = M_i(mask ⊙ τ_i)
     next_state: PropagationState | None
     alpha: Tensor | None = None
     residual: Tensor | None = None
@@ -59,7 +60,7 @@ class SegmentCache:
     """
 
     segment_sum: Tensor | None = None  # [B, d]
-    weights: Tensor | None = None  # [B, P] merged expert of the current segment
+    weights: dict[str, Tensor] | None = None  # merged expert of the current segment, [B, ...]
     scores: Tensor | None = None  # [B, N]
 
 
@@ -254,12 +255,17 @@ class MoEFeedForward(nn.Module):
             return (self.eta.to(torch.float32) * scores).to(dtype)
         return scores.to(dtype)
 
-    def _merge(self, part: _ParameterPart, coeff: Tensor) -> Tensor:
-        """Merged experts of all units as one matrix product: ``E_m + coeff @ D`` → ``[U, P]``."""
-        vectors = part.vectors.to(coeff.dtype)
-        if part.base is None:
-            return coeff @ vectors
-        return torch.addmm(part.base.to(coeff.dtype), coeff, vectors)
+    def _merge(self, part: _ParameterPart, coeff: Tensor) -> dict[str, Tensor]:
+        """Merged experts of all units, one matrix product per tensor: ``E_m + coeff @ D``."""
+        out = {}
+        for name, v in part.vectors.items():
+            flat = v.reshape(v.shape[0], -1).to(coeff.dtype)
+            if part.base is None:
+                w = coeff @ flat
+            else:
+                w = torch.addmm(part.base[name].reshape(1, -1).to(coeff.dtype), coeff, flat)
+            out[name] = w.view(coeff.shape[0], *v.shape[1:])
+        return out
 
     def _forward_merged(
         self, x: Tensor, part: _ParameterPart, attention_mask: Tensor | None
@@ -275,19 +281,22 @@ class MoEFeedForward(nn.Module):
         )
         coeff = self._coefficients(flat_scores, compute_dtype)
         if cfg.unit == "token":
-            vectors = self.layout.unflatten(part.vectors.to(compute_dtype))
-            base = None if part.base is None else self.layout.unflatten(part.base.to(compute_dtype))
+            vectors = {k: v.to(compute_dtype) for k, v in part.vectors.items()}
+            base = (
+                None
+                if part.base is None
+                else {k: v.to(compute_dtype) for k, v in part.base.items()}
+            )
             out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
+        elif cfg.unit == "segment":
+            units = split_segments(x, cfg.segment_len)
+            nseg = units.shape[1]
+            units = units.reshape(b * nseg, cfg.segment_len, d)
+            out = merge_and_apply(
+                units, coeff, part.base, part.vectors, activation=cfg.activation
+            ).view(b, nseg * cfg.segment_len, -1)[:, :s]
         else:
-            weights = self.layout.unflatten(self._merge(part, coeff))
-            if cfg.unit == "segment":
-                units = split_segments(x, cfg.segment_len)
-                nseg = units.shape[1]
-                units = units.reshape(b * nseg, cfg.segment_len, d)
-                out = merged_ffn(units, weights, self.act).view(b, nseg * cfg.segment_len, -1)
-                out = out[:, :s]
-            else:
-                out = merged_ffn(x, weights, self.act)
+            out = merge_and_apply(x, coeff, part.base, part.vectors, activation=cfg.activation)
         aux = self._losses(logits, flat_scores, flat_scores.argmax(dim=-1, keepdim=True))
         self._fill_aux(aux, part)
         return out, aux
@@ -337,22 +346,27 @@ class MoEFeedForward(nn.Module):
 
     def _compute_parameter_part(self, incoming: PropagationState | None) -> _ParameterPart:
         cfg = self.config
-        experts = self.layout.flatten(self.expert_tensors(), batch_dims=1)  # [N, P]
+        experts = self.expert_tensors()  # {name: [N, *shape]}
         if not cfg.is_curved:  # smear
             return _ParameterPart(base=None, vectors=experts, next_state=incoming)
         if cfg.propagates and not self.owns_base:
             base, layer_index = incoming.base, incoming.layer
         else:
-            base, layer_index = self.layout.flatten(self.base_tensors(), batch_dims=0), 0
-        tau = experts - base
-        masked = tau * _ties_mask(tau) if cfg.merge_mask == "ties" else tau
+            base, layer_index = self.base_tensors(), 0
+        tau = {name: e - base[name] for name, e in experts.items()}
+        if cfg.merge_mask == "ties":
+            masked = {name: t * _ties_mask(t) for name, t in tau.items()}
+        else:
+            masked = tau
         curved = self.curvature(masked) if cfg.curvature_rank > 0 else masked
         part = _ParameterPart(base=base, vectors=curved, next_state=incoming)
         if not cfg.propagates:
             return part
         if cfg.method == "ep-camex":
-            step = curved.mean(dim=0)
-            part.next_state = PropagationState(base=base + cfg.gamma * step, layer=layer_index + 1)
+            step = {name: d.mean(dim=0) for name, d in curved.items()}
+            part.next_state = PropagationState(
+                base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
+            )
             return part
         players = tau if cfg.bargain_on == "tau" else curved
         solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
@@ -362,28 +376,34 @@ class MoEFeedForward(nn.Module):
             raise ValueError("no Nash weights to reuse: the previous MoE layer did not pass α")
         else:
             part.alpha = incoming.alpha
-        delta = part.alpha.to(players.dtype) @ players
+        delta = {
+            name: (part.alpha.to(p.dtype) @ p.reshape(p.shape[0], -1)).view(p.shape[1:])
+            for name, p in players.items()
+        }
         if cfg.step_norm == "mean":
-            target = players.mean(dim=0).norm()
-            delta = delta * (target / delta.norm().clamp_min(torch.finfo(delta.dtype).tiny))
+            target = _norm({name: p.mean(dim=0) for name, p in players.items()})
+            scale = target / _norm(delta).clamp_min(torch.finfo(target.dtype).tiny)
+            delta = {name: dl * scale for name, dl in delta.items()}
         mom_re = mom_im = None
         if cfg.uses_momentum:
             r, phi = cfg.momentum, cfg.momentum_angle
             if incoming is not None and incoming.momentum_re is not None:
+                a, b = r * math.cos(phi), r * math.sin(phi)
                 prev_re, prev_im = incoming.momentum_re, incoming.momentum_im
-                mom_re = r * math.cos(phi) * prev_re - r * math.sin(phi) * prev_im + delta
-                mom_im = r * math.sin(phi) * prev_re + r * math.cos(phi) * prev_im
+                mom_re = {n: a * prev_re[n] - b * prev_im[n] + delta[n] for n in delta}
+                mom_im = {n: b * prev_re[n] + a * prev_im[n] for n in delta}
             else:  # μ starts at 0 at the first MoE layer of every forward pass
-                mom_re, mom_im = delta, torch.zeros_like(delta)
+                mom_re = delta
+                mom_im = {n: torch.zeros_like(dl) for n, dl in delta.items()}
             step = mom_re
         else:
             step = delta
-        status = part.status if part.solved else (None if incoming is None else incoming.status)
-        residual = (
-            part.residual if part.solved else (None if incoming is None else incoming.residual)
-        )
+        if part.solved:
+            status, residual = part.status, part.residual
+        else:
+            status, residual = incoming.status, incoming.residual
         part.next_state = PropagationState(
-            base=base + cfg.gamma * step,
+            base=_axpy(base, cfg.gamma, step),
             momentum_re=mom_re,
             momentum_im=mom_im,
             alpha=part.alpha,
@@ -393,14 +413,17 @@ class MoEFeedForward(nn.Module):
         )
         return part
 
-    def _bargain(self, players: Tensor, part: _ParameterPart) -> None:
+    def _bargain(self, players: dict[str, Tensor], part: _ParameterPart) -> None:
         """Solve the Nash bargaining problem among the experts' domain vectors (warm-started)."""
         cfg = self.config
-        with torch.autocast(players.device.type, enabled=False):
-            v = players if players.dtype in (torch.float32, torch.float64) else players.float()
-            if not cfg.differentiable_alpha:
-                v = v.detach()
-            gram = v @ v.T
+        with torch.autocast(next(iter(players.values())).device.type, enabled=False):
+            gram = None
+            for p in players.values():
+                v = p.reshape(p.shape[0], -1)
+                v = v if v.dtype in (torch.float32, torch.float64) else v.float()
+                if not cfg.differentiable_alpha:
+                    v = v.detach()
+                gram = v @ v.T if gram is None else gram + v @ v.T
         with torch.no_grad():
             default = gram.diagonal().detach().double().clamp_min(1e-300).rsqrt()
             init = torch.where(self.alpha_prev > 0, self.alpha_prev, default)
@@ -438,10 +461,9 @@ class MoEFeedForward(nn.Module):
             _b, s, _ = x.shape
             last = num_segments(s, t) - 1
             cache.segment_sum = x[:, last * t :].sum(dim=1)
-            logits, scores = self._unit_scores(x, None)
+            _, scores = self._unit_scores(x, None)
             cache.scores = scores[:, last]
-            dtype = out.dtype
-            cache.weights = self._merge(part, self._coefficients(cache.scores, dtype))
+            cache.weights = self._merge(part, self._coefficients(cache.scores, out.dtype))
             return out, aux
         if cache.segment_sum is None:
             raise ValueError("empty decoding cache: start with start_pos=0 (the prompt)")
@@ -454,8 +476,7 @@ class MoEFeedForward(nn.Module):
                 cache.scores = torch.softmax(_at_least_float32(logits), dim=-1)
                 cache.weights = self._merge(part, self._coefficients(cache.scores, x.dtype))
                 cache.segment_sum = torch.zeros_like(cache.segment_sum)
-            weights = self.layout.unflatten(cache.weights)
-            outs.append(merged_ffn(token, weights, self.act))
+            outs.append(merged_ffn(token, cache.weights, self.act))
             cache.segment_sum = cache.segment_sum + token[:, 0]
         zero = x.new_zeros((), dtype=torch.float32)
         aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero)
@@ -477,6 +498,15 @@ class MoEFeedForward(nn.Module):
 def _at_least_float32(x: Tensor) -> Tensor:
     """Routing probabilities in float32 at least (float64 stays float64), even under autocast."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def _axpy(x: dict[str, Tensor], a: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: x[name] + a * y[name] for name in x}
+
+
+def _norm(tensors: dict[str, Tensor]) -> Tensor:
+    """Euclidean norm of a set of tensors seen as one vector."""
+    return torch.sqrt(sum(t.square().sum() for t in tensors.values()))
 
 
 def _ties_mask(tau: Tensor) -> Tensor:

@@ -27,9 +27,10 @@ class PropagationState:
     """What a propagating MoE layer hands to the next MoE layer.
 
     Attributes:
-        base: the next layer's base expert E_m^{(l+1)} as a flat vector ``[P]``.
-        momentum_re, momentum_im: the complex momentum buffer μ (real and imaginary parts,
-            ``[P]`` each; ``None`` without momentum). μ starts at 0 at the first MoE layer.
+        base: the next layer's base expert E_m^{(l+1)}, ``{name: [*shape]}``.
+        momentum_re, momentum_im: the complex momentum buffer μ (real and imaginary parts, same
+            structure as ``base``; ``None`` without momentum). μ starts at 0 at the first MoE
+            layer of every forward pass.
         alpha: the last Nash weights ``[N]`` (reused by layers that do not re-solve).
         status: the last solve's :class:`~nashmoe.bargaining.NashStatus` code (0-dim int64).
         residual: the last solve's relative residual (0-dim).
@@ -37,9 +38,9 @@ class PropagationState:
         key: provenance of the state (parameter versions upstream), used by the inference cache.
     """
 
-    base: Tensor
-    momentum_re: Tensor | None = None
-    momentum_im: Tensor | None = None
+    base: dict[str, Tensor]
+    momentum_re: dict[str, Tensor] | None = None
+    momentum_im: dict[str, Tensor] | None = None
     alpha: Tensor | None = None
     status: Tensor | None = None
     residual: Tensor | None = None

@@ -1,0 +1,206 @@
+"""Merge-and-apply as one autograd function: per-unit experts without storing them.
+
+For U routing units with T tokens each, the merged expert of unit u is, tensor by tensor,
+``W_u = B + Σ_i c_{u,i} V_i`` (B the base expert or absent, V_i the merge vectors, c the
+coefficients), built for all units with one matrix product ``[U, N] × [N, P_t]`` per tensor and
+applied with batched matrix products (spec section 5). Letting autograd record this keeps every
+``W_u`` (U·P numbers) and its views alive for the backward pass and zero-fills and copies gradient
+slices; here the function saves what the dense FFN saves (inputs, pre-activations, hidden
+activations) and the (small) merge operands, rebuilds the merged weights in the backward pass, and writes each tensor's gradient
+directly, so the cost is the dense FFN's plus one extra ``[U, N] × [N, P]`` product. Units are
+processed in chunks bounded by ``max_chunk_bytes`` of merged weights, so memory stays bounded
+for any batch.
+
+The plain autograd version, :func:`nashmoe.moe.ffn.merged_ffn`, is the reference it is tested
+against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["merge_and_apply"]
+
+_MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights stay in cache
+
+
+def _act(name: str, x: Tensor) -> Tensor:
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu(x)
+    if name == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
+    if name == "gelu":
+        return torch.ops.aten.gelu_backward(grad, x)
+    if name == "gelu_tanh":
+        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+    if name == "relu":
+        return grad * (x > 0).to(grad.dtype)
+    if name == "silu":
+        return torch.ops.aten.silu_backward(grad, x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _merged(name_shapes, coeff, base, vectors, start, stop):
+    """Merged weights of units [start, stop): ``{name: [u, *shape]}``."""
+    out = {}
+    c = coeff[start:stop]
+    for (name, shape), b, v in zip(name_shapes, base, vectors):
+        flat = v.reshape(v.shape[0], -1)
+        w = c @ flat if b is None else torch.addmm(b.reshape(1, -1), c, flat)
+        out[name] = w.view(stop - start, *shape)
+    return out
+
+
+class _MergeAndApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coeff, activation, name_shapes, chunk, *operands):  # type: ignore[override]
+        count = len(name_shapes)
+        base, vectors = operands[:count], operands[count:]
+        units = x.shape[0]
+        names = [n for n, _ in name_shapes]
+        glu = "w_gate" in names
+        pre_all, gate_all, h_all, y_all = [], [], [], []
+        for start in range(0, units, chunk):
+            stop = min(units, start + chunk)
+            w = _merged(name_shapes, coeff, base, vectors, start, stop)
+            xs = x[start:stop]
+            pre = torch.bmm(xs, w["w_in"].transpose(1, 2))
+            if "b_in" in w:
+                pre = pre + w["b_in"][:, None]
+            gate = torch.bmm(xs, w["w_gate"].transpose(1, 2)) if glu else None
+            h = _act(activation, gate) * pre if glu else _act(activation, pre)
+            y = torch.bmm(h, w["w_out"].transpose(1, 2))
+            if "b_out" in w:
+                y = y + w["b_out"][:, None]
+            pre_all.append(pre)
+            gate_all.append(gate)
+            h_all.append(h)
+            y_all.append(y)
+
+        def joined(parts):
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+        pre, h = joined(pre_all), joined(h_all)
+        gate = joined(gate_all) if glu else None
+        ctx.activation, ctx.name_shapes, ctx.chunk, ctx.glu = activation, name_shapes, chunk, glu
+        ctx.has_base = [b is not None for b in base]
+        saved = [x, coeff, pre, gate if glu else pre, h]
+        saved += [b if b is not None else pre for b in base]
+        saved += list(vectors)
+        ctx.save_for_backward(*saved)
+        return torch.cat(y_all) if len(y_all) > 1 else y_all[0]
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        name_shapes, count = ctx.name_shapes, len(ctx.name_shapes)
+        x, coeff, pre_all, gate_all, h_all = saved[:5]
+        base = [b if has else None for b, has in zip(saved[5 : 5 + count], ctx.has_base)]
+        vectors = saved[5 + count :]
+        glu, act = ctx.glu, ctx.activation
+        grad_y = grad_y.to(x.dtype)
+        need_x, need_coeff = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        units = x.shape[0]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_coeff = torch.zeros_like(coeff) if need_coeff else None
+        grad_base = [
+            None if b is None else torch.zeros(b.numel(), dtype=b.dtype, device=b.device)
+            for b in base
+        ]
+        grad_vec = [
+            torch.zeros(v.shape[0], v[0].numel(), dtype=v.dtype, device=v.device) for v in vectors
+        ]
+        for start in range(0, units, ctx.chunk):
+            stop = min(units, start + ctx.chunk)
+            w = _merged(name_shapes, coeff, base, vectors, start, stop)
+            xs, dy = x[start:stop], grad_y[start:stop]
+            pre = pre_all[start:stop]
+            gate = gate_all[start:stop] if glu else None
+            h = h_all[start:stop]
+            grads = {}
+            grads["w_out"] = torch.bmm(dy.transpose(1, 2), h)
+            if "b_out" in w:
+                grads["b_out"] = dy.sum(dim=1)
+            dh = torch.bmm(dy, w["w_out"])
+            if glu:
+                dpre = dh * _act(act, gate)
+                dgate = _act_backward(act, dh * pre, gate)
+                grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
+            else:
+                dpre = _act_backward(act, dh, pre)
+            grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
+            if "b_in" in w:
+                grads["b_in"] = dpre.sum(dim=1)
+            if need_x:
+                dx = torch.bmm(dpre, w["w_in"])
+                if glu:
+                    dx = dx.baddbmm_(dgate, w["w_gate"])
+                grad_x[start:stop] = dx
+            c = coeff[start:stop]
+            for k, (name, _) in enumerate(name_shapes):
+                g = grads[name].reshape(stop - start, -1)
+                flat = vectors[k].reshape(vectors[k].shape[0], -1)
+                if need_coeff:
+                    grad_coeff[start:stop].addmm_(g, flat.T)
+                grad_vec[k].addmm_(c.T, g)
+                if grad_base[k] is not None:
+                    grad_base[k] += g.sum(dim=0)
+        grad_base = [None if g is None else g.view(b.shape) for g, b in zip(grad_base, base)]
+        grad_vec = [g.view(v.shape) for g, v in zip(grad_vec, vectors)]
+        return (grad_x, grad_coeff, None, None, None, *grad_base, *grad_vec)
+
+
+def merge_and_apply(
+    x: Tensor,
+    coeff: Tensor,
+    base: dict[str, Tensor] | None,
+    vectors: dict[str, Tensor],
+    *,
+    activation: str,
+    max_chunk_bytes: int | None = None,
+) -> Tensor:
+    """Apply the merged expert ``B + Σ_i coeff[u, i] V_i`` of every unit to its tokens.
+
+    Args:
+        x: tokens of each unit ``[U, T, d]``.
+        coeff: merge coefficients ``[U, N]``.
+        base: the base expert ``{name: [*shape]}`` (None: no base, as SMEAR).
+        vectors: the merge vectors ``{name: [N, *shape]}`` in layout order
+            (``w_in``, ``w_gate``?, ``w_out``, ``b_in``?, ``b_out``?).
+        activation: ``gelu``, ``gelu_tanh``, ``relu`` or ``silu``.
+        max_chunk_bytes: bound on the merged weights held at once (units are chunked).
+
+    Returns:
+        ``[U, T, d]``. Under autocast the computation runs in the autocast dtype.
+    """
+    names = list(vectors)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = x.dtype
+    name_shapes = tuple((n, tuple(vectors[n].shape[1:])) for n in names)
+    if max_chunk_bytes is None:
+        max_chunk_bytes = _MAX_CHUNK_BYTES
+    per_unit = (
+        sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
+    )
+    chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))
+    bases = [None if base is None else base[n].to(dtype) for n in names]
+    vecs = [vectors[n].to(dtype) for n in names]
+    with torch.autocast(device, enabled=False):
+        return _MergeAndApply.apply(
+            x.to(dtype), coeff.to(dtype), activation, name_shapes, chunk, *bases, *vecs
+        )
