@@ -11,6 +11,7 @@ Papers:
 - Router z-loss: Zoph et al., "ST-MoE", arXiv 2202.08906.
 """
 
+from nashmoe.moe.analysis import capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.aux import MoEAux, collect_aux, router_z_loss, switch_balance_loss
 from nashmoe.moe.config import (
     MERGING_METHODS,
@@ -39,7 +40,9 @@ __all__ = [
     "PropagationChain",
     "PropagationState",
     "SegmentCache",
+    "capture_moe_inputs",
     "collect_aux",
+    "expert_output_similarity",
     "link_moe_layers",
     "router_z_loss",
     "switch_balance_loss",
