@@ -86,6 +86,13 @@ class GPTConfig:
             raise ValueError(f"moe_every must be a positive integer, got {self.moe_every!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        merging = self.method not in ("dense", "smoe")
+        if merging and self.block_size % self.segment_len:
+            raise ValueError(
+                f"segment_len={self.segment_len} must divide block_size={self.block_size} for "
+                f"method {self.method!r}: training sequences are then made of whole segments, "
+                "so every merged expert serves exactly segment_len tokens"
+            )
         unknown = set(self.moe_options) - {f.name for f in fields(MoEConfig)}
         if unknown:
             raise ValueError(f"unknown MoE option(s) in moe_options: {', '.join(sorted(unknown))}")
