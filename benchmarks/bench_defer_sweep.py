@@ -47,16 +47,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-experts", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--model",
+        choices=["kmeans-mlp", "cnn"],
+        default="kmeans-mlp",
+        help="MLP head on frozen features (default) or SmallCNN trained end to end",
+    )
+    p.add_argument("--width", type=int, default=16, help="SmallCNN width (--model cnn)")
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default=None,
+        help="default adam (kmeans-mlp), sgd (cnn)",
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="default 0 (kmeans-mlp), 5e-4 (cnn)"
+    )
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (adam), 0.05 (sgd)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--specialty-size", type=int, default=3)
     p.add_argument("--p-in", type=float, default=0.9)
     p.add_argument("--p-out", type=float, default=0.0)
     p.add_argument("--centroids", type=int, default=256, help="k-means features: 4k dimensions")
     p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true", help="skip runs already in results.json")
@@ -139,7 +157,7 @@ def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) ->
         ax.set_xticks(js, [str(j) for j in js])
         ax.set_xlabel("number of experts J")
         ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"CIFAR-10, synthetic experts: {title}")
+        ax.set_title(f"CIFAR-10, J synthetic experts: {title}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -158,13 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         runs = json.loads(path.read_text())["runs"]
     done = {(r["loss"], r["num_experts"], r["seed"]) for r in runs}
     start = time.perf_counter()
-    features = cifar_kmeans_features(
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        num_centroids=args.centroids,
-        log=lambda s: print(s, flush=True),
-    )
-    print(f"features {tuple(features[0].shape)} ready after {time.perf_counter() - start:.0f}s")
+    cnn = args.model == "cnn"
+    optimizer = args.optimizer or ("sgd" if cnn else "adam")
+    lr = args.lr if args.lr is not None else (0.05 if optimizer == "sgd" else 1e-3)
+    weight_decay = args.weight_decay if args.weight_decay is not None else (5e-4 if cnn else 0.0)
+    features = None
+    if not cnn:
+        features = cifar_kmeans_features(
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            num_centroids=args.centroids,
+            log=lambda s: print(s, flush=True),
+        )
+        print(f"features {tuple(features[0].shape)} after {time.perf_counter() - start:.0f}s")
     for seed in args.seeds:
         for j in args.num_experts:
             todo = [loss for loss in args.losses if (loss, j, seed) not in done]
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 p_in=args.p_in,
                 p_out=args.p_out,
                 train_limit=args.train_limit,
-                inputs="features",
+                inputs="image" if cnn else "features",
                 features=features,
             )
             s = data.info["test"]
@@ -195,9 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                     loss=loss,
                     seed=seed,
                     epochs=args.epochs,
-                    lr=args.lr,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    optimizer=optimizer,
                     batch_size=args.batch_size,
                     hidden=args.hidden,
+                    width=args.width,
                     curve=False,
                 )
                 res["experts_info"] = {"test": s, "specialties": data.info["specialties"]}

@@ -82,6 +82,7 @@ def test_cli_cifar10n_tiny(tmp_path, capsys) -> None:
     require_data("cifar10/train.npz")
     require_data("cifar10n_labels.npz")
     out = tmp_path / "c10n"
+    threads = torch.get_num_threads()
     code = main(
         [
             "defer",
@@ -101,11 +102,14 @@ def test_cli_cifar10n_tiny(tmp_path, capsys) -> None:
             "ce",
             "picce_ce",
             "--quiet",
+            "--threads",
+            "1",
             "--out",
             str(out),
         ]
     )
     assert code == 0
+    assert torch.get_num_threads() == threads  # restored after the run
     payload = json.loads((out / "results.json").read_text())
     assert [r["loss"] for r in payload["runs"]] == ["ce", "picce_ce"]
     run = payload["runs"][0]
@@ -127,6 +131,8 @@ def test_cli_hatespeech_and_errors(tmp_path, capsys) -> None:
             "--loss",
             "picce_ova",
             "--quiet",
+            "--threads",
+            "1",
             "--num-experts",
             "2",
             "--hidden",

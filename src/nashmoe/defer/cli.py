@@ -167,10 +167,7 @@ def _load(args: argparse.Namespace, model: str, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
-
-    from nashmoe.defer.experiments import run_experiment
 
     experts = args.experts or EXPERTS_FOR[args.dataset]
     if experts != EXPERTS_FOR[args.dataset]:
@@ -185,8 +182,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    import numpy as np
+
+    from nashmoe.defer.experiments import run_experiment
+
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     results = []
     for seed in args.seeds:
