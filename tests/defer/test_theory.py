@@ -14,6 +14,7 @@ from nashmoe.defer.theory import (
     first_correct_probs,
     label_margin,
     picce_ce_optimum,
+    picce_ce_readout,
     picce_ce_risk,
     union_coverage,
     vanilla_ce_optimum,
@@ -136,9 +137,10 @@ def test_theorem6_counterexample_population_optimum() -> None:
     assert psi[2] == pytest.approx(0.75 * (1 - v_tilde), abs=1e-7)  # the proof's formula
     assert abs(psi[2] - 0.75 * v_tilde) > 0.04  # the printed formula gives 7/20
     # Reading estimates off the optimum (spec section 6).
-    label_mass = psi[:2].sum()
-    assert 1 / label_mass - 1 == pytest.approx(v, abs=1e-6)
-    assert psi[2] / label_mass == pytest.approx(0.75, abs=1e-6)
+    readout = picce_ce_readout(torch.log(torch.tensor(psi))[None], 2)
+    assert float(readout["union_coverage"][0]) == pytest.approx(v, abs=1e-6)
+    assert int(readout["top_expert"][0]) == 0
+    assert float(readout["top_expert_acc"][0]) == pytest.approx(0.75, abs=1e-6)
     # The top expert is the most accurate one (Condition 1 holds here).
     assert psi[2] > psi[3]
 
@@ -186,3 +188,5 @@ def test_bad_inputs() -> None:
         vanilla_ce_optimum(np.array([0.5, 0.6]), np.array([0.5]))
     with pytest.raises(ValueError, match="accuracies"):
         vanilla_ce_optimum(np.array([0.5, 0.5]), np.array([1.5]))
+    with pytest.raises(ValueError, match="scores must be"):
+        picce_ce_readout(torch.zeros(2, 3), 3)

@@ -26,6 +26,7 @@ __all__ = [
     "first_correct_probs",
     "label_margin",
     "picce_ce_optimum",
+    "picce_ce_readout",
     "picce_ce_risk",
     "union_coverage",
     "vanilla_ce_optimum",
@@ -130,3 +131,27 @@ def picce_ce_risk(scores: Tensor, eta: Tensor, patterns: Tensor, probs: Tensor) 
     has = patterns.bool().any(1)
     best = torch.where(has, best, torch.zeros_like(best))
     return label - (probs.to(log_psi) * best).sum()
+
+
+def picce_ce_readout(scores: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Estimates read off a PiCCE-CE model (spec section 6, from Lemma 5 / Theorem 6).
+
+    At the PiCCE-CE optimum the label block holds ``Σ_{y≤K} ψ_y = 1 / (1 + V)``, so
+    ``V̂ = 1 / Σ_{y≤K} ψ_y − 1``, and the top expert's accuracy is ``ψ_{K+j*} / Σ_{y≤K} ψ_y``
+    (under Condition 1). The other experts' scores are *not* their accuracies.
+
+    Returns ``union_coverage`` [N], ``top_expert`` [N] (index j*) and ``top_expert_acc`` [N].
+    """
+    if scores.ndim != 2 or not 2 <= num_classes < scores.shape[1]:
+        raise ValueError(
+            f"scores must be [N, K + J] with 2 <= K < K + J, got {tuple(scores.shape)}, "
+            f"K={num_classes}"
+        )
+    psi = torch.softmax(scores.double(), dim=1)
+    label_mass = psi[:, :num_classes].sum(1)
+    top_psi, top = psi[:, num_classes:].max(1)
+    return {
+        "union_coverage": 1.0 / label_mass - 1.0,
+        "top_expert": top,
+        "top_expert_acc": top_psi / label_mass,
+    }
