@@ -9,9 +9,9 @@ Memory: on CUDA, the peak allocated memory of one step; on CPU, the bytes saved 
 pass (unique storages recorded by ``torch.autograd.graph.saved_tensors_hooks``), which is what
 dominates the peak.
 
-    python benchmarks/bench_moe_layers.py                 # CPU shapes, writes runs/bench/moe_layers.json
-    python benchmarks/bench_moe_layers.py --quick         # a smoke run
-    python benchmarks/bench_moe_layers.py --device cuda   # adds d=768/f=3072 and d=1024/f=4096, bf16
+    python benchmarks/bench_moe_layers.py                # CPU shapes -> runs/bench/*.json
+    python benchmarks/bench_moe_layers.py --quick        # a smoke run
+    python benchmarks/bench_moe_layers.py --device cuda  # d=768/f=3072, d=1024/f=4096, bf16
 """
 
 from __future__ import annotations
@@ -175,7 +175,10 @@ def main() -> None:
             torch.float32,
             autocast=cuda,
         )
-    header = f"{'d':>5} {'f':>5} {'T':>5} {'method':<15} {'ms/step':>9} {'x dense':>8} {'x camex':>8} {'mem MB':>8} {'mem x':>6}"
+    header = (
+        f"{'d':>5} {'f':>5} {'T':>5} {'method':<15} {'ms/step':>9} {'x dense':>8} "
+        f"{'x camex':>8} {'mem MB':>8} {'mem x':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

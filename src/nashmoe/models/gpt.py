@@ -24,23 +24,41 @@ from torch import Tensor, nn
 from nashmoe.moe import METHODS, MoEAux, MoEConfig, MoEFeedForward, SegmentCache
 from nashmoe.moe.state import PropagationState
 
-__all__ = ["GPT", "GPTConfig", "GPTOutput", "PRESETS"]
+__all__ = ["GPT", "PRESETS", "GPTConfig", "GPTOutput"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Finishes all nine methods of `nashmoe compare` in minutes on a 2-core CPU.
     "tiny": dict(
-        n_layer=4, n_head=4, d_model=64, d_ff=256, num_experts=4, top_k=2,
-        block_size=128, segment_len=32,
+        n_layer=4,
+        n_head=4,
+        d_model=64,
+        d_ff=256,
+        num_experts=4,
+        top_k=2,
+        block_size=128,
+        segment_len=32,
     ),
     # MomentumSMoE WikiText-103 "small": 3 layers, d = 128, 8 heads, 16 experts top-2, block 256.
     "small": dict(
-        n_layer=3, n_head=8, d_model=128, d_ff=512, num_experts=16, top_k=2,
-        block_size=256, segment_len=64,
+        n_layer=3,
+        n_head=8,
+        d_model=128,
+        d_ff=512,
+        num_experts=16,
+        top_k=2,
+        block_size=256,
+        segment_len=64,
     ),
     # MomentumSMoE "medium": 6 layers, d = 352, 8 heads, 16 experts top-2, block 512.
     "medium": dict(
-        n_layer=6, n_head=8, d_model=352, d_ff=1408, num_experts=16, top_k=2,
-        block_size=512, segment_len=128,
+        n_layer=6,
+        n_head=8,
+        d_model=352,
+        d_ff=1408,
+        num_experts=16,
+        top_k=2,
+        block_size=512,
+        segment_len=128,
     ),
 }
 
@@ -118,15 +136,20 @@ class GPTConfig:
                 method="dense", d_model=self.d_model, d_ff=self.d_ff, bias=self.bias, **ffn_init
             )
         base = dict(
-            method=self.method, d_model=self.d_model, d_ff=self.d_ff,
-            num_experts=self.num_experts, bias=self.bias, balance_coef=self.balance_coef,
+            method=self.method,
+            d_model=self.d_model,
+            d_ff=self.d_ff,
+            num_experts=self.num_experts,
+            bias=self.bias,
+            balance_coef=self.balance_coef,
             **ffn_init,
         )
         if self.method == "smoe":
             base["top_k"] = self.top_k
         else:
-            base.update(unit="segment", segment_len=self.segment_len,
-                        first_segment=self.first_segment)
+            base.update(
+                unit="segment", segment_len=self.segment_len, first_segment=self.first_segment
+            )
         options = {**base, **self.moe_options}
         # Keep only the options this method uses: try each, drop what it rejects as unused.
         for key in list(self.moe_options):
@@ -264,7 +287,7 @@ class GPT(nn.Module):
         cache: list[dict] | None = None,
         start_pos: int = 0,
     ) -> GPTOutput:
-        b, s = idx.shape
+        s = idx.shape[1]
         if start_pos + s > self.config.block_size:
             raise ValueError(
                 f"sequence of {start_pos + s} tokens exceeds block_size={self.config.block_size}"

@@ -40,10 +40,18 @@ def optimizer_steps() -> int:
     return _OPTIMIZER_STEPS
 
 
-def parameter_key(module: nn.Module) -> tuple:
-    """A key that changes whenever any parameter or buffer of ``module`` may have changed."""
+def parameter_key(module: nn.Module, exclude_buffers: tuple[str, ...] = ()) -> tuple:
+    """A key that changes whenever any parameter or buffer of ``module`` may have changed.
+
+    ``exclude_buffers`` names buffers that hold solver state (warm starts) rather than anything
+    the cached values depend on.
+    """
     items = [(id(t), t.data_ptr(), t._version) for t in module.parameters()]
-    items += [(id(t), t.data_ptr(), t._version) for t in module.buffers()]
+    items += [
+        (id(t), t.data_ptr(), t._version)
+        for name, t in module.named_buffers()
+        if name not in exclude_buffers
+    ]
     return (optimizer_steps(), tuple(items))
 
 

@@ -89,6 +89,8 @@ class MoEConfig:
         nash_every: Δl, re-solve α every Δl MoE layers (1 for the -full variants; ``None`` = only
             at the first MoE layer, the plain NAMEx).
         nash_max_iter, nash_tol: the bargaining budget per solve (warm-started across steps).
+            The default tolerance is tight (Newton converges quadratically, so it costs about
+            one iteration more than 1e-6) so that α does not depend on the warm start.
         curvature_rank: R, rank of the Kronecker curvature operator M_i (0 = identity).
         curvature_init: initial scale c of M_i (M_i = c·I at initialisation).
         step_norm: ``"nash"`` (ΔE = Σ α_i τ_i, norm √N) or ``"mean"`` (ΔE rescaled to the norm of
@@ -126,7 +128,7 @@ class MoEConfig:
     momentum_angle: float | None = None
     nash_every: int | None = None
     nash_max_iter: int = 20
-    nash_tol: float = 1e-6
+    nash_tol: float = 1e-10
     curvature_rank: int | None = None
     curvature_init: float | None = None
     step_norm: str | None = None

@@ -6,8 +6,8 @@ coefficients), built for all units with one matrix product ``[U, N] × [N, P_t]`
 applied with batched matrix products (spec section 5). Letting autograd record this keeps every
 ``W_u`` (U·P numbers) and its views alive for the backward pass and zero-fills and copies gradient
 slices; here the function saves what the dense FFN saves (inputs, pre-activations, hidden
-activations) and the (small) merge operands, rebuilds the merged weights in the backward pass, and writes each tensor's gradient
-directly, so the cost is the dense FFN's plus one extra ``[U, N] × [N, P]`` product. Units are
+activations) and the (small) merge operands, rebuilds the merged weights in the backward pass,
+and writes each tensor's gradient directly, so the cost is the dense FFN's plus one extra ``[U, N] × [N, P]`` product. Units are
 processed in chunks bounded by ``max_chunk_bytes`` of merged weights, so memory stays bounded
 for any batch.
 

@@ -332,7 +332,7 @@ class MoEFeedForward(nn.Module):
         if not use_cache:
             return self._compute_parameter_part(incoming)
         key = (
-            parameter_key(self),
+            parameter_key(self, exclude_buffers=("alpha_prev",)),
             None if incoming is None else incoming.key,
             torch.is_autocast_enabled(),
         )

@@ -1,0 +1,327 @@
+"""Fast paths against plain autograd, the inference cache, the propagation chain, decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nashmoe.moe import MoEConfig, MoEFeedForward, SegmentCache, link_moe_layers
+from nashmoe.moe.ffn import activation_fn, merged_ffn, mixed_ffn, topk_ffn
+from nashmoe.moe.fused import merge_and_apply
+from nashmoe.moe.layout import ExpertLayout
+
+
+# ---------------------------------------------------------------- kernels
+@pytest.mark.parametrize("glu, bias", [(False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("with_base", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, None])
+def test_merge_and_apply_matches_plain_autograd(glu, bias, with_base, chunk_bytes):
+    torch.manual_seed(0)
+    layout = ExpertLayout(6, 10, glu=glu, bias=bias)
+    u, t, n = 7, 5, 3
+    vectors = {
+        k: torch.randn(n, *s, dtype=torch.float64, requires_grad=True)
+        for k, s in layout.shapes.items()
+    }
+    base = (
+        {
+            k: torch.randn(*s, dtype=torch.float64, requires_grad=True)
+            for k, s in layout.shapes.items()
+        }
+        if with_base
+        else None
+    )
+    coeff = torch.rand(u, n, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(u, t, 6, dtype=torch.float64, requires_grad=True)
+    inputs = [x, coeff, *vectors.values(), *([] if base is None else base.values())]
+
+    def plain():
+        w = {}
+        for k, v in vectors.items():
+            merged = coeff @ v.reshape(n, -1)
+            if base is not None:
+                merged = merged + base[k].reshape(1, -1)
+            w[k] = merged.view(u, *v.shape[1:])
+        return merged_ffn(x, w, activation_fn("silu"))
+
+    fused = merge_and_apply(x, coeff, base, vectors, activation="silu", max_chunk_bytes=chunk_bytes)
+    ref = plain()
+    torch.testing.assert_close(fused, ref)
+    weight = torch.randn_like(ref)
+    g_fused = torch.autograd.grad((fused * weight).sum(), inputs)
+    g_ref = torch.autograd.grad((ref * weight).sum(), inputs)
+    for a, b in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_merge_and_apply_gradcheck():
+    torch.manual_seed(0)
+    layout = ExpertLayout(3, 4, glu=True, bias=True)
+    vectors = [
+        torch.randn(2, *s, dtype=torch.float64, requires_grad=True) for s in layout.shapes.values()
+    ]
+    coeff = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, coeff, *vs):
+        return merge_and_apply(
+            x, coeff, None, dict(zip(layout.names, vs)), activation="gelu", max_chunk_bytes=100
+        )
+
+    assert torch.autograd.gradcheck(f, (x, coeff, *vectors))
+
+
+def test_mixed_ffn_equals_materialised_per_token_merge():
+    torch.manual_seed(0)
+    layout = ExpertLayout(5, 7, glu=True, bias=True)
+    vectors = {k: torch.randn(3, *s, dtype=torch.float64) for k, s in layout.shapes.items()}
+    base = {k: torch.randn(*s, dtype=torch.float64) for k, s in layout.shapes.items()}
+    x = torch.randn(11, 5, dtype=torch.float64)
+    coeff = torch.rand(11, 3, dtype=torch.float64)
+    act = activation_fn("gelu")
+    w = {k: base[k] + torch.einsum("mn,n...->m...", coeff, v) for k, v in vectors.items()}
+    expected = merged_ffn(x[:, None], w, act)[:, 0]
+    torch.testing.assert_close(mixed_ffn(x, coeff, base, vectors, act), expected)
+
+
+def test_topk_dispatch_matches_a_loop_over_tokens():
+    torch.manual_seed(0)
+    layout = ExpertLayout(4, 6, bias=True)
+    experts = {k: torch.randn(5, *s, dtype=torch.float64) for k, s in layout.shapes.items()}
+    x = torch.randn(17, 4, dtype=torch.float64)
+    idx = torch.randint(0, 5, (17, 2))
+    idx[:, 1] = (idx[:, 0] + 1 + torch.randint(0, 4, (17,))) % 5
+    w = torch.rand(17, 2, dtype=torch.float64)
+    act = activation_fn("relu")
+    out = topk_ffn(x, experts, idx, w, act)
+    for t in range(17):
+        expected = sum(
+            w[t, j]
+            * merged_ffn(
+                x[t][None, None], {k: v[idx[t, j]][None] for k, v in experts.items()}, act
+            )[0, 0]
+            for j in range(2)
+        )
+        torch.testing.assert_close(out[t], expected)
+
+
+@pytest.mark.parametrize("method", ["smear", "camex", "namex-full-mom"])
+def test_every_expert_receives_a_gradient(method):
+    """Merging layers use every expert in every step (no unused parameters under DDP)."""
+    layer = MoEFeedForward(
+        MoEConfig(method=method, d_model=8, d_ff=16, num_experts=4, segment_len=4)
+    )
+    with torch.no_grad():
+        layer.prior_logits.copy_(torch.tensor([50.0, 0, 0, 0]))  # ~one-hot prior
+    layer(torch.randn(1, 4, 8)).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+
+
+# ---------------------------------------------------------------- inference cache
+def _model(method="namex-full-mom", n_layers=3):
+    torch.manual_seed(0)
+    cfg = MoEConfig(method=method, d_model=8, d_ff=16, num_experts=4, segment_len=4)
+    return nn.ModuleList(MoEFeedForward(cfg, owns_base=(i == 0)) for i in range(n_layers))
+
+
+def _forward(layers, x):
+    h, state = x, None
+    for layer in layers:
+        y, aux = layer(h, state=state, return_aux=True)
+        state = aux.state
+        h = h + y
+    return h
+
+
+def _fresh_output(layers, x):
+    with torch.no_grad():
+        for layer in layers:
+            layer.clear_cache()
+        out = _forward(layers, x)
+        for layer in layers:
+            layer.clear_cache()
+    return out
+
+
+def test_inference_cache_is_used_and_exact():
+    layers = _model().eval()
+    x = torch.randn(2, 8, 8)
+    with torch.no_grad():
+        first = _forward(layers, x)
+        second = _forward(layers, x)
+    assert all(layer._inference_cache.hits >= 1 for layer in layers)
+    torch.testing.assert_close(first, second)
+    layers.train()
+    torch.testing.assert_close(_forward(layers, x).detach(), first)
+
+
+@pytest.mark.parametrize(
+    "update",
+    ["optimizer_step", "inplace_no_grad", "load_state_dict", "upstream_layer", "replace_data_ptr"],
+)
+def test_a_stale_inference_cache_is_never_used(update):
+    layers = _model().eval()
+    x = torch.randn(2, 8, 8)
+    with torch.no_grad():
+        _forward(layers, x)  # fills the caches
+    if update == "optimizer_step":
+        layers.train()
+        opt = torch.optim.SGD(layers.parameters(), lr=0.5)
+        _forward(layers, x).square().sum().backward()
+        opt.step()
+        layers.eval()
+    elif update == "inplace_no_grad":
+        with torch.no_grad():
+            layers[2].w_out.mul_(1.5)
+    elif update == "load_state_dict":
+        other = _model()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.3)
+        layers.load_state_dict(other.state_dict())
+    elif update == "upstream_layer":  # only the first layer changes: every later cache is stale
+        with torch.no_grad():
+            layers[0].base_w_in.add_(0.5)
+    elif update == "replace_data_ptr":
+        layers[1].w_in = nn.Parameter(layers[1].w_in.detach() * 2)
+    with torch.no_grad():
+        cached = _forward(layers, x)
+    torch.testing.assert_close(cached, _fresh_output(layers, x))
+
+
+def test_optimizer_step_without_parameter_changes_still_invalidates():
+    layers = _model().eval()
+    with torch.no_grad():
+        _forward(layers, torch.randn(1, 4, 8))
+    misses = layers[0]._inference_cache.misses
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1).step()  # any optimizer, any model
+    with torch.no_grad():
+        _forward(layers, torch.randn(1, 4, 8))
+    assert layers[0]._inference_cache.misses == misses + 1
+
+
+def test_data_edits_need_clear_cache():
+    """``.data`` bypasses version counting (documented): clear_cache() restores exactness."""
+    layers = _model().eval()
+    x = torch.randn(2, 8, 8)
+    with torch.no_grad():
+        _forward(layers, x)
+    layers[0].base_w_out.data.mul_(3.0)
+    for layer in layers:
+        layer.clear_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(_forward(layers, x), _fresh_output(layers, x))
+
+
+def test_no_cache_in_training_or_with_grad():
+    layers = _model()
+    x = torch.randn(1, 8, 8)
+    _forward(layers, x)
+    layers.eval()
+    _forward(layers, x)  # eval but grad enabled: no cache
+    assert all(layer._inference_cache.hits == 0 for layer in layers)
+
+
+# ---------------------------------------------------------------- propagation chain
+class _OpaqueBlock(nn.Module):
+    """A third-party block that calls its FFN with the hidden states only."""
+
+    def __init__(self, ffn):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.mlp = ffn
+
+    def forward(self, h):
+        return h + self.mlp(self.norm(h))
+
+
+class _OpaqueModel(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.ModuleList(_OpaqueBlock(ffn) for ffn in layers)
+
+    def forward(self, h):
+        for block in self.layers:
+            h = block(h)
+        return h
+
+
+@pytest.mark.parametrize("method", ["ep-camex", "namex", "namex-full-mom"])
+def test_chain_threads_the_state_through_an_opaque_model(method):
+    layers = _model(method, 4)
+    model = _OpaqueModel(layers)
+    x = torch.randn(2, 8, 8)
+    with pytest.raises(ValueError, match="received no state"):
+        model(x)
+    chain = link_moe_layers(model)
+    out = model(x)
+    # the same computation with the state threaded explicitly
+    h, state = x, None
+    for block in model.layers:
+        y, aux = block.mlp(block.norm(h), state=state, return_aux=True)
+        state = aux.state
+        h = h + y
+    chain.unlink()
+    torch.testing.assert_close(out, h)
+    with pytest.raises(ValueError, match="received no state"):
+        model(x)
+
+
+def test_chain_is_reset_between_forward_passes_and_gradients_flow():
+    layers = _model("namex-full-mom", 3)
+    model = _OpaqueModel(layers)
+    link_moe_layers(model)
+    x = torch.randn(2, 8, 8)
+    a = model(x)
+    b = model(x)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    b.sum().backward()
+    assert layers[0].base_w_in.grad.abs().sum() > 0
+
+
+def test_link_rejects_bad_chains():
+    torch.manual_seed(0)
+    cfg = MoEConfig(method="namex", d_model=8, d_ff=16, num_experts=4, segment_len=4)
+    two_owners = _OpaqueModel([MoEFeedForward(cfg), MoEFeedForward(cfg)])
+    with pytest.raises(ValueError, match="must own the base"):
+        link_moe_layers(two_owners)
+    with pytest.raises(ValueError, match="no MoEFeedForward"):
+        link_moe_layers(nn.Linear(2, 2))
+    model = _OpaqueModel(_model("namex", 2))
+    link_moe_layers(model)
+    with pytest.raises(ValueError, match="already linked"):
+        link_moe_layers(model)
+
+
+# ---------------------------------------------------------------- incremental decoding
+@pytest.mark.parametrize("method", ["smear", "camex", "ep-camex", "namex-full-mom"])
+def test_segment_cache_decoding_equals_full_forward(method):
+    layers = _model(method, 3).eval()
+    x = torch.randn(2, 14, 8)
+    with torch.no_grad():
+        full = _forward(layers, x)
+        # prefill 5 tokens, then one token at a time (crossing segment boundaries at 8 and 12)
+        caches = [SegmentCache() for _ in layers]
+
+        def step(chunk, start):
+            h, state = chunk, None
+            for layer, cache in zip(layers, caches):
+                y, aux = layer(h, state=state, return_aux=True, cache=cache, start_pos=start)
+                state = aux.state
+                h = h + y
+            return h
+
+        outs = [step(x[:, :5], 0)]
+        for t in range(5, 14):
+            outs.append(step(x[:, t : t + 1], t))
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_segment_cache_requires_causal_routing():
+    layer = MoEFeedForward(
+        MoEConfig(method="smear", d_model=8, d_ff=16, segment_len=4, first_segment="self")
+    ).eval()
+    with pytest.raises(ValueError, match="incremental decoding needs causal"):
+        layer(torch.randn(1, 3, 8), cache=SegmentCache())
