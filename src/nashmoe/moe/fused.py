@@ -7,9 +7,9 @@ applied with batched matrix products (spec section 5). Letting autograd record t
 ``W_u`` (U·P numbers) and its views alive for the backward pass and zero-fills and copies gradient
 slices; here the function saves what the dense FFN saves (inputs, pre-activations, hidden
 activations) and the (small) merge operands, rebuilds the merged weights in the backward pass,
-and writes each tensor's gradient directly, so the cost is the dense FFN's plus one extra ``[U, N] × [N, P]`` product. Units are
-processed in chunks bounded by ``max_chunk_bytes`` of merged weights, so memory stays bounded
-for any batch.
+and writes each tensor's gradient directly, so the cost is the dense FFN's plus the
+``[U, N] × [N, P]`` products. Units are processed in chunks bounded by ``max_chunk_bytes`` of
+merged weights: memory stays bounded for any batch and each chunk's weights stay in cache.
 
 The plain autograd version, :func:`nashmoe.moe.ffn.merged_ffn`, is the reference it is tested
 against.
