@@ -12,10 +12,12 @@ with warm start (max 100 iterations), stopping when ‖K̃α − 1/α‖ < 1e-3 
 training. The baseline has no batching: a batch of b problems costs b solves.
 
 Reported per row: our time per problem (median over repeats of one batched call, divided by the
-batch), the baseline's mean time per solve, the speedup, the max relative residual
-‖Kα − 1/α‖ / ‖1/α‖ of both, our max iterations and statuses, the baseline's mean outer rounds, and
-the max relative difference between the two α. Then a sweep of ``max_iter`` (the bargaining
-budget): residual vs iterations.
+batch), the baseline's mean time per solve and the speedup, each in wall-clock time and in CPU
+time of this process (less sensitive to other processes sharing the machine); the max relative
+residual ‖Kα − 1/α‖ / ‖1/α‖ of both, our max iterations and statuses, the baseline's mean outer
+rounds, and the max relative difference between the two α. Then a sweep of ``max_iter`` (the
+bargaining budget): residual vs iterations; and both solvers on problems whose player norms
+spread over ±1 decade.
 
     python benchmarks/bench_bargaining.py --out runs/bench           # full (a few minutes)
     python benchmarks/bench_bargaining.py --quick --out runs/bench-quick   # < 1 minute
@@ -147,15 +149,16 @@ def run_baseline(grams: torch.Tensor, limit: int | None) -> dict[str, Any]:
     n = grams.shape[-1]
     solver = NashMTLBaseline(n)
     count = grams.shape[0] if limit is None else min(limit, grams.shape[0])
-    alphas, times, rounds, statuses = [], [], [], []
+    alphas, times, cpu_times, rounds, statuses = [], [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not DPP", "Solution may be inaccurate"
         # One untimed solve: cvxpy's first call pays one-off import and set-up costs.
         NashMTLBaseline(n).solve(grams[0].numpy())
         for i in range(count):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             alpha, used, status = solver.solve(grams[i].numpy())
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - start_cpu)
             alphas.append(torch.from_numpy(alpha))
             rounds.append(used)
             statuses.append(status)
@@ -164,6 +167,7 @@ def run_baseline(grams: torch.Tensor, limit: int | None) -> dict[str, Any]:
         "alpha": alpha,
         "problems": count,
         "ms_per_solve": 1e3 * statistics.fmean(times),
+        "cpu_ms_per_solve": 1e3 * statistics.fmean(cpu_times),
         "residual_max": float(relative_residual(grams[:count], alpha).max()),
         "rounds_mean": statistics.fmean(rounds),
         "solver_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
@@ -178,22 +182,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ours(gram: torch.Tensor, *, min_time: float, min_reps: int, **kwargs: Any) -> float:
-    """Median seconds per call of nash_bargaining(gram, **kwargs)."""
+def time_ours(
+    gram: torch.Tensor, *, min_time: float, min_reps: int, **kwargs: Any
+) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per call of nash_bargaining(gram, **kwargs). On CUDA the CPU
+    time means nothing and is reported equal to the wall time."""
     device = gram.device
     for _ in range(3):  # warm-up
         nash_bargaining(gram, **kwargs)
     _sync(device)
-    samples: list[float] = []
-    total = 0.0
-    while len(samples) < min_reps or total < min_time:
-        start = time.perf_counter()
+    wall: list[float] = []
+    cpu: list[float] = []
+    while len(wall) < min_reps or sum(wall) < min_time:
+        start, start_cpu = time.perf_counter(), time.process_time()
         nash_bargaining(gram, **kwargs)
         _sync(device)
-        elapsed = time.perf_counter() - start
-        samples.append(elapsed)
-        total += elapsed
-    return statistics.median(samples)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    median_wall = statistics.median(wall)
+    return median_wall, (statistics.median(cpu) if device.type == "cpu" else median_wall)
 
 
 def status_counts(status: torch.Tensor) -> dict[str, int]:
@@ -218,7 +225,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="solve at most this many problems per size with the baseline (default: all 24)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the problems are tiny, and more threads only add "
+        "OpenMP wake-ups to each LAPACK call)",
+    )
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per row")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches:
                     gram = grams[:batch].to(device=device, dtype=DTYPES[dtype_name])
                     kwargs = {"compute_dtype": DTYPES[dtype_name]}
-                    seconds = time_ours(gram, min_time=min_time, min_reps=10, **kwargs)
+                    seconds, cpu_seconds = time_ours(gram, min_time=min_time, min_reps=10, **kwargs)
                     sol = nash_bargaining(gram, **kwargs)
                     res = relative_residual(gram, sol.alpha)
                     row: dict[str, Any] = {
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         "n": n,
                         "batch": batch,
                         "us_per_problem": 1e6 * seconds / batch,
+                        "cpu_us_per_problem": 1e6 * cpu_seconds / batch,
                         "ms_per_call": 1e3 * seconds,
                         "residual_max": float(res.max()),
                         "reported_residual_max": float(sol.residual.max()),
@@ -279,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                         m = min(batch, base["problems"])
                         ours = sol.alpha[:m].double().cpu()
                         row["baseline_ms_per_solve"] = base["ms_per_solve"]
+                        row["baseline_cpu_ms_per_solve"] = base["cpu_ms_per_solve"]
                         row["speedup"] = 1e3 * base["ms_per_solve"] / row["us_per_problem"]
+                        row["cpu_speedup"] = (
+                            1e3 * base["cpu_ms_per_solve"] / row["cpu_us_per_problem"]
+                        )
                         row["baseline_residual_max"] = base["residual_max"]
                         row["baseline_rounds_mean"] = base["rounds_mean"]
                         row["baseline_solver_statuses"] = base["solver_statuses"]
@@ -325,7 +343,9 @@ def run_sweep(args: argparse.Namespace, device: torch.device, *, quick: bool) ->
                 kwargs = {"compute_dtype": DTYPES[dtype_name], "max_iter": budget, "tol": 1e-14}
                 sol = nash_bargaining(gram, **kwargs)
                 res = relative_residual(gram, sol.alpha)
-                seconds = time_ours(gram, min_time=0.05 if quick else 0.2, min_reps=5, **kwargs)
+                seconds, cpu_seconds = time_ours(
+                    gram, min_time=0.05 if quick else 0.2, min_reps=5, **kwargs
+                )
                 sweep.append(
                     {
                         "device": device.type,
@@ -337,6 +357,7 @@ def run_sweep(args: argparse.Namespace, device: torch.device, *, quick: bool) ->
                         "residual_median": float(res.median()),
                         "statuses": status_counts(sol.status),
                         "us_per_problem": 1e6 * seconds / 24,
+                        "cpu_us_per_problem": 1e6 * cpu_seconds / 24,
                     }
                 )
     return sweep
@@ -408,41 +429,47 @@ def environment(threads: int) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """Times: ours in µs per problem, the baseline in ms per solve; wall-clock and CPU time
+    (the CPU time of this process is robust to other processes sharing the machine)."""
     header = (
-        f"{'device':6} {'dtype':7} {'N':>3} {'batch':>5} {'ours us/pb':>10} {'base ms':>8} "
-        f"{'speedup':>8} {'res ours':>9} {'res base':>9} {'iters':>5} {'rounds':>6} "
-        f"{'agree':>8}  statuses"
+        f"{'device':6} {'dtype':7} {'N':>3} {'batch':>5} {'us/pb':>8} {'cpu us':>8} "
+        f"{'base ms':>8} {'base cpu':>8} {'speedup':>8} {'cpu spd':>8} {'res ours':>8} "
+        f"{'res base':>8} {'iters':>5} {'rounds':>6} {'agree':>8}  statuses"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         if "baseline_ms_per_solve" in r:
             base = (
-                f"{r['baseline_ms_per_solve']:8.1f} {r['speedup']:7.0f}x "
-                f"{r['residual_max']:9.1e} {r['baseline_residual_max']:9.1e} "
+                f"{r['baseline_ms_per_solve']:8.1f} {r['baseline_cpu_ms_per_solve']:8.1f} "
+                f"{r['speedup']:7.0f}x {r['cpu_speedup']:7.0f}x "
+                f"{r['residual_max']:8.1e} {r['baseline_residual_max']:8.1e} "
                 f"{r['iterations_max']:5d} {r['baseline_rounds_mean']:6.1f} "
                 f"{r['agreement_max_rel']:8.1e}"
             )
         else:
             base = (
-                f"{'-':>8} {'-':>8} {r['residual_max']:9.1e} {'-':>9} "
+                f"{'-':>8} {'-':>8} {'-':>8} {'-':>8} {r['residual_max']:8.1e} {'-':>8} "
                 f"{r['iterations_max']:5d} {'-':>6} {'-':>8}"
             )
         print(
             f"{r['device']:6} {r['dtype']:7} {r['n']:3d} {r['batch']:5d} "
-            f"{r['us_per_problem']:10.1f} {base}  {_fmt_status(r['statuses'])}"
+            f"{r['us_per_problem']:8.1f} {r['cpu_us_per_problem']:8.1f} {base}  "
+            f"{_fmt_status(r['statuses'])}"
         )
 
 
 def print_sweep(sweep: list[dict[str, Any]]) -> None:
     print("\nmax_iter sweep (tol=1e-14, batch 24): max / median relative residual, statuses")
     print(
-        f"{'dtype':7} {'N':>3} {'max_iter':>8} {'res max':>9} {'res med':>9} {'us/pb':>7}  statuses"
+        f"{'dtype':7} {'N':>3} {'max_iter':>8} {'res max':>9} {'res med':>9} {'us/pb':>7} "
+        f"{'cpu us':>7}  statuses"
     )
     for s in sweep:
         print(
             f"{s['dtype']:7} {s['n']:3d} {s['max_iter']:8d} {s['residual_max']:9.1e} "
-            f"{s['residual_median']:9.1e} {s['us_per_problem']:7.1f}  {_fmt_status(s['statuses'])}"
+            f"{s['residual_median']:9.1e} {s['us_per_problem']:7.1f} "
+            f"{s['cpu_us_per_problem']:7.1f}  {_fmt_status(s['statuses'])}"
         )
 
 

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/nash_mtl_toy")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    # Two-player problems: one thread avoids OpenMP wake-up stalls of tiny LAPACK calls.
+    torch.set_num_threads(1)
 
     front = pareto_front()
     runs = []

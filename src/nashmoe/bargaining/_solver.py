@@ -124,8 +124,8 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
-    if not (ridge >= 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge must be non-negative and finite, got {ridge!r}")
+    if not (0 <= ridge < 1):
+        raise ValueError(f"ridge must be in [0, 1), got {ridge!r}")
     if init is not None:
         if not isinstance(init, Tensor) or not init.is_floating_point():
             raise ValueError("init must be a floating-point tensor of shape [..., N]")
@@ -180,16 +180,32 @@ def _step_grid(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(_STEP_GRID, dtype=dtype, device=device)
 
 
-def _ray_optimum(k_hat: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact line search along the ray of β: f(cβ) is minimised at c = √(N / βᵀK̂β) (exact for
-    orthogonal players). Returns (cβ, f(cβ)) with f = ½ βᵀK̂β − Σ log β, shapes [B, N, 1] and
-    [B, 1, 1]."""
+def _start(k_hat: Tensor, beta: Tensor, *, sweeps: int) -> Tensor:
+    """The starting point [B, N, 1] for Newton's method.
+
+    β₀ (ones, or the warm start) or, if f is lower there, the result of a few cheap fixed-point
+    sweeps β ← √(β / K̂β) from it (one bmm each; exact for orthogonal players, and they typically
+    save one or two Newton iterations), moved to the best point on its ray: f(cβ) is minimised
+    at c = √(N / βᵀK̂β), where f = N/2 − Σ log cβ. So the candidate with the lower
+    ½ N log(βᵀK̂β) − Σ log β wins. (βᵀK̂β = 0 means ĜᵀΒ = 0 with β > 0: a Gordan certificate of
+    infeasibility; the start then lands beyond the divergence cap at once.)
+    """
     n = beta.shape[1]
-    quad = torch.bmm(beta.mT, torch.bmm(k_hat, beta))
-    positive = quad > 0
-    beta = beta * torch.where(positive, n / quad, 1.0).sqrt()
-    f = 0.5 * torch.where(positive, float(n), quad) - beta.log().sum(1, keepdim=True)
-    return beta, f
+    tiny = torch.finfo(beta.dtype).tiny
+    if sweeps > 0:
+        sweep = beta
+        for _ in range(sweeps):
+            k_sweep = torch.bmm(k_hat, sweep)
+            sweep = torch.where(k_sweep > 0, (sweep / k_sweep).sqrt(), sweep)
+        both = torch.cat((beta, sweep), 2)  # [B, N, 2]
+        quad = (both * torch.bmm(k_hat, both)).sum(1)  # [B, 2]
+        score = (0.5 * n) * quad.clamp_min(tiny).log() - both.log().sum(1)
+        better = score[:, 1:] < score[:, :1]  # NaN (overflow in the sweeps) compares False
+        beta = torch.where(better[..., None], sweep, beta)
+        quad = torch.where(better, quad[:, 1:], quad[:, :1])[..., None]
+    else:
+        quad = torch.bmm(beta.mT, torch.bmm(k_hat, beta))
+    return beta * (n / quad.clamp_min(tiny)).sqrt()
 
 
 def _solve(
@@ -242,17 +258,7 @@ def _solve(
     else:
         init = init.to(device=device, dtype=cdtype).expand(*batch_shape, n).reshape(-1, n, 1)
         beta = torch.where(ok[:, None, None], init * sqrt_diag, 1.0)
-    # The start: β₀ (1, or the warm start) moved to the best point on its ray, or, if f is lower
-    # there, the same for a few cheap fixed-point sweeps β ← √(β / K̂β) from it (each one bmm;
-    # they typically save one or two Newton iterations, and comparing f keeps the better start).
-    beta, f_beta = _ray_optimum(k_hat, beta)
-    if n > 2 or init is not None:  # from β = 1 the ray optimum is exact for N <= 2
-        sweep = beta
-        for _ in range(_FIXED_POINT_SWEEPS):
-            k_sweep = torch.bmm(k_hat, sweep)
-            sweep = torch.where(k_sweep > 0, (sweep / k_sweep).sqrt(), sweep)
-        sweep, f_sweep = _ray_optimum(k_hat, sweep)
-        beta = torch.where(f_sweep < f_beta, sweep, beta)
+    beta = _start(k_hat, beta, sweeps=_FIXED_POINT_SWEEPS if n > 2 or init is not None else 0)
 
     # β_i = α_i‖g_i‖ = 1/⟨ĝ_i, Δ*⟩/... beyond this cap means a margin (distance from 0 to the
     # hull of the unit player vectors) below what the precision of K̂, or the ridge, resolves:
@@ -305,6 +311,51 @@ def _solve(
     w = sqrt_diag / beta
     res = (rhs * w).norm(dim=(1, 2)) / w.norm(dim=(1, 2))
     converged = ok & ~diverged & (res <= tol)
+    alpha = beta / sqrt_diag
+    status = torch.zeros_like(iterations)  # NashStatus.OK
+    if sync_free or not bool(converged.all()):
+        status, alpha, res = _classify(
+            ok=ok,
+            converged=converged,
+            diverged=diverged,
+            alpha=alpha,
+            res=res,
+            beta=beta,
+            b_kb=b_kb,
+            lam2=lam2,
+            beta_max=beta_max,
+            ridge=ridge,
+            k_hat=k_hat,
+            sqrt_diag=sqrt_diag,
+            sync_free=sync_free,
+        )
+    return (
+        alpha.reshape(*batch_shape, n),
+        res.reshape(batch_shape),
+        iterations.reshape(batch_shape),
+        status.reshape(batch_shape),
+    )
+
+
+def _classify(
+    *,
+    ok: Tensor,
+    converged: Tensor,
+    diverged: Tensor,
+    alpha: Tensor,
+    res: Tensor,
+    beta: Tensor,
+    b_kb: Tensor,
+    lam2: Tensor,
+    beta_max: Tensor,
+    ridge: float,
+    k_hat: Tensor,
+    sqrt_diag: Tensor,
+    sync_free: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Statuses, α and residuals when some problem did not converge."""
+    n = beta.shape[1]
+    eps = torch.finfo(beta.dtype).eps
     # Feasibility certificate for the others: a Newton decrement λ < 1 at any point proves that
     # the self-concordant f has a minimiser (Nesterov, Introductory Lectures, thm. 4.1.11). The
     # ridge shrinks the computed λ² by at most 1 + ridge·max β², and rounding in B K̂ B by
@@ -314,26 +365,21 @@ def _solve(
     # Or a witness: the current direction Δ = Σ β_i ĝ_i improves every player, (K̂β)_i > 0 beyond
     # its rounding error (N·eps·Σ_j β_j per entry), which Gordan's alternative rules out for an
     # infeasible problem.
-    witness = (b_kb - (4 * n * finfo.eps) * beta * beta.sum(1, keepdim=True)).amin(1) > 0
+    witness = (b_kb - (4 * n * eps) * beta * beta.sum(1, keepdim=True)).amin(1) > 0
     certified = (certified | witness)[:, 0]
     infeasible = ok & ~converged & (diverged | ~certified)
-    status = torch.where(converged, NashStatus.OK, NashStatus.NOT_CONVERGED)
-    status = torch.where(infeasible, NashStatus.INFEASIBLE, status)
-    status = torch.where(ok, status, NashStatus.DEGENERATE)
-    fallback = infeasible | ~ok
-    alpha = torch.where(fallback[:, None, None], 1.0 / n, beta / sqrt_diag)
+    status = torch.full_like(converged, NashStatus.NOT_CONVERGED, dtype=torch.int64)
+    status.masked_fill_(converged, NashStatus.OK)
+    status.masked_fill_(infeasible, NashStatus.INFEASIBLE)
+    status.masked_fill_(~ok, NashStatus.DEGENERATE)
+    alpha = torch.where((infeasible | ~ok)[:, None, None], 1.0 / n, alpha)
     # Residual of what is returned: for the uniform fallback ‖K1/N − N·1‖ / (N√N).
     if sync_free or bool(infeasible.any()):
         k_ones = sqrt_diag * torch.bmm(k_hat, sqrt_diag)  # K·1 = D⁻¹K̂D⁻¹1
         res_uniform = (k_ones / n - n).norm(dim=(1, 2)) / (n * math.sqrt(n))
         res = torch.where(infeasible, res_uniform, res)
     res = torch.where(ok, res, math.nan)
-    return (
-        alpha.reshape(*batch_shape, n),
-        res.reshape(batch_shape),
-        iterations.reshape(batch_shape),
-        status.to(torch.int64).reshape(batch_shape),
-    )
+    return status, alpha, res
 
 
 def matvec(a: Tensor, v: Tensor) -> Tensor:
@@ -398,11 +444,12 @@ def nash_bargaining(
         init: warm start ``[..., N]`` (positive, broadcastable to the batch), e.g. the previous
             step's α. Its scale does not matter (the start is rescaled optimally along its ray).
             Default ``1/√diag(K)``, exact when the players are orthogonal.
-        ridge: relative Tikhonov term added to the Newton matrix only (K + ridge · diag(K); at
-            least N·eps of the compute dtype), a numerical safeguard; the fixed point and the
-            reported residual use K itself. It also sets the smallest margin the solver
-            resolves: problems whose solution needs α_i‖g_i‖ > min(8/√ridge, 0.25/√eps) (an
-            improving direction within about √ridge/8 of not existing) are ``INFEASIBLE``.
+        ridge: relative Tikhonov term in [0, 1) added to the Newton matrix only
+            (K + ridge · diag(K); at least N·eps of the compute dtype), a numerical safeguard;
+            the fixed point and the reported residual use K itself. It also sets the smallest
+            margin the solver resolves: problems whose solution needs α_i‖g_i‖ >
+            min(8/√ridge, 0.25/√eps) (an improving direction within about √ridge/8 of not
+            existing) are ``INFEASIBLE``.
         differentiable: if True, α carries the implicit-function gradient with respect to
             ``gram`` (``(K + diag(1/α²)) dα = −(dK) α``). Otherwise α is a constant for autograd,
             as in Nash-MTL.
