@@ -3,6 +3,8 @@
 - :func:`nash_bargaining` solves ``K α = 1/α`` for a batch of Gram matrices.
 - :func:`nash_direction` bargains among stacked vectors and returns ``Σ α_i g_i``.
 - :class:`NashMTL` aggregates per-task gradients (Navon et al., arXiv 2202.01017).
+- :mod:`nashmoe.bargaining.reference`: the same problem in cvxpy/Clarabel, for cross-checks
+  (extra ``ref``; not imported here).
 """
 
 from nashmoe.bargaining._nash_mtl import NashMTL, NashMTLOutput

@@ -21,6 +21,12 @@ system is solved in the scaled form (B K̂ B + I) y = −B ∇f, B = diag(β), d
 eigenvalues ≥ 1 and is factorised by Cholesky. This makes the iteration invariant to the scale of
 every player, and the start β = 1 is α₀ = 1/√diag(K), exact for orthogonal players (a few cheap
 fixed-point sweeps from it give a better start when they lower f).
+
+Failure modes are reported, never hidden (:class:`NashStatus`): a zero player is DEGENERATE; a
+problem whose iterates run off to infinity, or that no iterate certifies as feasible within
+``max_iter`` (certificates: a Newton decrement below 1, or an iterate whose direction improves
+every player), is INFEASIBLE; both get uniform weights. A certified problem that runs out of
+iterations is NOT_CONVERGED and keeps its last iterate.
 """
 
 from __future__ import annotations
@@ -187,7 +193,7 @@ def _start(k_hat: Tensor, beta: Tensor, *, sweeps: int) -> Tensor:
     sweeps β ← √(β / K̂β) from it (one bmm each; exact for orthogonal players, and they typically
     save one or two Newton iterations), moved to the best point on its ray: f(cβ) is minimised
     at c = √(N / βᵀK̂β), where f = N/2 − Σ log cβ. So the candidate with the lower
-    ½ N log(βᵀK̂β) − Σ log β wins. (βᵀK̂β = 0 means ĜᵀΒ = 0 with β > 0: a Gordan certificate of
+    ½ N log(βᵀK̂β) − Σ log β wins. (βᵀK̂β = 0 means Ĝᵀβ = 0 with β > 0: a Gordan certificate of
     infeasibility; the start then lands beyond the divergence cap at once.)
     """
     n = beta.shape[1]
@@ -260,9 +266,9 @@ def _solve(
         beta = torch.where(ok[:, None, None], init * sqrt_diag, 1.0)
     beta = _start(k_hat, beta, sweeps=_FIXED_POINT_SWEEPS if n > 2 or init is not None else 0)
 
-    # β_i = α_i‖g_i‖ = 1/⟨ĝ_i, Δ*⟩/... beyond this cap means a margin (distance from 0 to the
-    # hull of the unit player vectors) below what the precision of K̂, or the ridge, resolves:
-    # the problem is numerically infeasible and the iterates run off to infinity.
+    # β_i = α_i‖g_i‖ = ‖g_i‖/⟨g_i, Δ*⟩ grows like 1/margin (the distance from 0 to the hull of the
+    # unit player vectors). Beyond this cap the margin is below what the precision of K̂, or the
+    # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
     grid = _step_grid(cdtype, device)
     iterations = torch.zeros(beta.shape[0], dtype=torch.int64, device=device)
