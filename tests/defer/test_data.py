@@ -26,6 +26,7 @@ def test_cifar10n_aligned_and_quoted_accuracies() -> None:
     with np.load(train_file) as npz:
         y = npz["y"].astype(np.int64)
     assert all(len(v) == 50_000 for v in labels.values())
+    assert np.bincount(y).tolist() == [5000] * 10
     np.testing.assert_array_equal(labels["clean_label"], y)  # aligned with the train order
     clean = labels["clean_label"]
     acc = {k: (labels[k] == clean).mean() for k in labels}

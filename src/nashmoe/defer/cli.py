@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="cnn or kmeans-mlp (images), bow (text); default cnn / bow"
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="default 6 (cnn), 15 (kmeans-mlp), 8 (bow)"
+        "--epochs", type=int, default=None, help="default 5 (cnn), 15 (kmeans-mlp), 8 (bow)"
     )
     parser.add_argument(
         "--lr", type=float, default=None, help="default 0.05 (SGD), 1e-3 (AdamW), 5e-3 (bow)"
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=None, help="default 5e-4 (cnn), 0 otherwise"
     )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=32, help="SmallCNN width")
+    parser.add_argument("--width", type=int, default=16, help="SmallCNN width")
     parser.add_argument("--hidden", type=int, default=256, help="MLP / text model hidden size")
     parser.add_argument(
         "--train-limit",
@@ -122,7 +122,7 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     default_lr = 0.05 if optimizer == "sgd" else (5e-3 if model == "bow" else 1e-3)
     return {
         "model": model,
-        "epochs": args.epochs or {"cnn": 6, "kmeans-mlp": 15, "bow": 8}[model],
+        "epochs": args.epochs or {"cnn": 5, "kmeans-mlp": 15, "bow": 8}[model],
         "optimizer": optimizer,
         "lr": args.lr if args.lr is not None else default_lr,
         "weight_decay": args.weight_decay
