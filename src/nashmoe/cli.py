@@ -16,9 +16,13 @@ from nashmoe._version import __version__
 
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("nashmoe.train.cli.compare", "the main job: train and compare every MoE method"),
     "data": ("nashmoe.data._cli", "corpus split statistics: sizes, vocabulary, OOV rates"),
     "defer": ("nashmoe.defer.cli", "multi-expert learning to defer (PiCCE)"),
+    "eval": ("nashmoe.train.cli.eval", "validation / test perplexity of a trained checkpoint"),
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
+    "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
+    "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
 }
 
 
