@@ -1,0 +1,131 @@
+"""Options shared by ``nashmoe train`` and ``nashmoe compare``, and clean error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from nashmoe.data import CORPORA, TOKENIZERS
+from nashmoe.models import PRESETS
+from nashmoe.train.config import DTYPES, TrainConfig, parse_model_overrides
+
+#: Errors a user can fix (bad option, missing data file, missing extra): one line, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """Data, model, optimiser, evaluation, logging and hardware options."""
+    d = defaults
+    data = parser.add_argument_group("data")
+    data.add_argument("--corpus", choices=CORPORA, default=d.get("corpus", "shakespeare"))
+    data.add_argument(
+        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+    )
+    data.add_argument(
+        "--data-dir", default=None, help="data directory (default $NASHMOE_DATA); brown, gpt2"
+    )
+    data.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")
+    data.add_argument("--min-freq", type=int, default=None, help="word vocabulary cut-off")
+    data.add_argument("--bpe-vocab-size", type=int, default=None)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=d.get("preset", "tiny"))
+    model.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model field (n_layer=2, dropout=0.1, segment_len=16) or a MoE option "
+        "(gamma=0.5, eta=1.0, momentum=0.7, curvature_rank=2, nash_max_iter=5); repeatable",
+    )
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=int, default=d.get("steps", 1000))
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.get("batch_size", 16),
+        help="sequences per optimiser step, over all processes and accumulation steps",
+    )
+    opt.add_argument("--grad-accum", type=int, default=1)
+    opt.add_argument("--lr", type=float, default=d.get("lr", 1e-3))
+    opt.add_argument("--min-lr", type=float, default=None, help="default lr / 10")
+    opt.add_argument("--warmup", type=int, default=None, help="default 5%% of the steps")
+    opt.add_argument("--weight-decay", type=float, default=0.1)
+    opt.add_argument("--grad-clip", type=float, default=1.0)
+
+    ev = parser.add_argument_group("evaluation and logging")
+    ev.add_argument(
+        "--eval-interval",
+        type=int,
+        default=d.get("eval_interval"),
+        help="evaluate validation every N steps (default: only at the end)",
+    )
+    ev.add_argument("--eval-batch-size", type=int, default=d.get("eval_batch_size", 32))
+    ev.add_argument("--log-interval", type=int, default=d.get("log_interval", 10))
+    ev.add_argument(
+        "--ckpt-interval",
+        type=int,
+        default=d.get("ckpt_interval"),
+        help="checkpoint every N steps (a multiple of --log-interval; default: at the end)",
+    )
+    ev.add_argument("--tensorboard", choices=("auto", "on", "off"), default="auto")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    hw.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 autocast on CUDA")
+    hw.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per process (0: half the CPU cores, at least 1)",
+    )
+
+
+def auto_threads(requested: int, jobs: int = 1) -> int:
+    """``requested`` if positive, else half the cores per job (at least 1): on a busy shared
+    machine, OpenMP threads that outnumber the free cores slow training down several times."""
+    if requested and requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 2) // (2 * jobs))
+
+
+def config_from_args(args: argparse.Namespace, **fields: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from the common options plus ``fields``."""
+    return TrainConfig(
+        corpus=args.corpus,
+        tokenizer=args.tokenizer,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        min_freq=args.min_freq,
+        bpe_vocab_size=args.bpe_vocab_size,
+        preset=args.preset,
+        model=parse_model_overrides(args.overrides),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_interval=args.eval_interval,
+        eval_batch_size=args.eval_batch_size,
+        log_interval=args.log_interval,
+        ckpt_interval=args.ckpt_interval,
+        tensorboard=args.tensorboard,
+        progress=not args.no_progress,
+        device=args.device,
+        dtype=args.dtype,
+        **fields,
+    )
+
+
+def report_error(command: str, err: BaseException) -> int:
+    """Print a user error as one line on stderr; the exit code (2)."""
+    print(f"nashmoe {command}: error: {err}", file=sys.stderr)
+    return 2

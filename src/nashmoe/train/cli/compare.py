@@ -1,0 +1,119 @@
+"""``nashmoe compare``: the main job. Train every method on the same footing and compare them.
+
+With no arguments it trains the nine methods once each on tiny-shakespeare (characters) with the
+``tiny`` preset, a budget that finishes in a few minutes on a 2-core CPU, and writes the table,
+``results.json``, ``results.md`` and the plots to ``runs/compare``. Examples::
+
+    nashmoe compare                                        # the CPU demo (make demo)
+    nashmoe compare --methods smoe,camex,namex-full-mom --seeds 3 --steps 2000
+    nashmoe compare --corpus brown --data-dir ../shared/data --seeds 3 --steps 3000 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from nashmoe.train.cli.common import (
+    USER_ERRORS,
+    add_common_arguments,
+    auto_threads,
+    config_from_args,
+    report_error,
+)
+from nashmoe.train.compare import compare, parse_methods, parse_seeds
+
+# The default budget: all nine methods, one seed, evaluation and plots in about 6-8 minutes on a
+# busy 2-core CPU (see docs/results.md for the measurement).
+DEFAULTS: dict[str, Any] = {
+    "corpus": "shakespeare",
+    "preset": "tiny",
+    "steps": 150,
+    "batch_size": 8,
+    "lr": 2e-3,
+    "log_interval": 5,
+    "eval_interval": None,
+    "eval_batch_size": 64,
+    "ckpt_interval": None,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--methods", default="all", help="comma-separated methods (default all nine)"
+    )
+    parser.add_argument(
+        "--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,5,7); default 1"
+    )
+    parser.add_argument("--out", default="runs/compare", help="output directory")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel processes")
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse finished runs in --out, resume the others"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_common_arguments(parser, DEFAULTS)
+    parser.set_defaults(_parser=parser)
+
+
+def _command(args: argparse.Namespace) -> str:
+    parser = args._parser
+    defaults = vars(parser.parse_args([]))
+    parts = ["nashmoe", "compare"]
+    for action in parser._actions:  # options that differ from their defaults, in parser order
+        dest = action.dest
+        if dest in ("help", "_parser") or not action.option_strings:
+            continue
+        value = getattr(args, dest)
+        if value == defaults.get(dest):
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [x for v in value for x in (flag, str(v))]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        methods = parse_methods(args.methods)
+        seeds = parse_seeds(args.seeds)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        base = config_from_args(args, threads=auto_threads(args.threads, args.jobs))
+        for m in methods:  # a shape that fails for one method fails now, not after hours
+            base.replace(method=m)
+        if not args.no_plots:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise ImportError(
+                    "plots need matplotlib: pip install 'nashmoe[plot]' (or pass --no-plots)"
+                )
+    except USER_ERRORS as err:
+        return report_error("compare", err)
+    try:
+        result = compare(
+            base,
+            methods=methods,
+            seeds=seeds,
+            out=args.out,
+            jobs=args.jobs,
+            resume=args.resume,
+            plots=not args.no_plots,
+            command=_command(args),
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except (FileNotFoundError, ImportError) as err:
+        return report_error("compare", err)
+    print(result.table)
+    print()
+    print(result.verdict)
+    print()
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return 0

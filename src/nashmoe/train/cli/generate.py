@@ -1,0 +1,71 @@
+"""``nashmoe generate``: sample text from a trained checkpoint (KV and segment cache).
+
+Example::
+
+    nashmoe generate runs/shakespeare-tiny-namex-full-mom-s0 --prompt "ROMEO:" --tokens 200
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from nashmoe.train.cli.common import USER_ERRORS, report_error
+from nashmoe.train.distributed import resolve_device
+from nashmoe.train.restore import WEIGHTS, load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
+    parser.add_argument("--tokens", type=int, default=200, help="new tokens per sample")
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)"
+    )
+    parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest")
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=WEIGHTS, default="best")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cache", action="store_true", help="full forward per token")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.tokens < 1:
+            raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
+        if args.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        if args.top_k is not None and args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        if args.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {args.samples}")
+        device = resolve_device(args.device)
+        loaded = load_model(args.checkpoint, weights=args.weights, device=device)
+        tok = loaded.tokenizer
+        ids = tok.encode(args.prompt) if args.prompt else []
+        if not ids:
+            if tok.eos_id is None:
+                raise ValueError("the prompt encodes to no tokens and the tokenizer has no <eos>")
+            ids = [tok.eos_id]
+        block = loaded.model_config.block_size
+        if len(ids) > block:
+            ids = ids[-block:]
+    except USER_ERRORS as err:
+        return report_error("generate", err)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([ids] * args.samples, dtype=torch.long, device=device)
+    out = loaded.model.generate(
+        idx,
+        args.tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        use_cache=not args.no_cache,
+        generator=gen,
+    )
+    for i, row in enumerate(out.tolist()):
+        if args.samples > 1:
+            print(f"--- sample {i}")
+        print(tok.decode(row))
+    return 0

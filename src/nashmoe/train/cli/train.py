@@ -1,0 +1,87 @@
+"""``nashmoe train``: train one MoE language model (one process or ``torchrun``).
+
+Examples::
+
+    nashmoe train --method namex-full-mom --steps 2000                   # tiny-shakespeare, tiny
+    nashmoe train --corpus brown --preset small --method smoe --data-dir ../shared/data
+    nashmoe train --out runs/my-run --resume                             # continue after a crash
+    torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from nashmoe.data import load_corpus
+from nashmoe.moe import METHODS
+from nashmoe.train.cli.common import (
+    USER_ERRORS,
+    add_common_arguments,
+    auto_threads,
+    config_from_args,
+    report_error,
+)
+from nashmoe.train.config import DISTRIBUTED
+from nashmoe.train.trainer import resume_checkpoint, train
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHODS, default="namex-full-mom")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default runs/<corpus>-<preset>-<method>-s<seed>)",
+    )
+    parser.add_argument("--name", default=None, help="run name (default from the settings)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+    )
+    parser.add_argument(
+        "--distributed",
+        choices=DISTRIBUTED,
+        default="ddp",
+        help="strategy under torchrun (fsdp needs CUDA)",
+    )
+    add_common_arguments(parser, {"ckpt_interval": None})
+
+
+def run(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    try:
+        config = config_from_args(
+            args,
+            method=args.method,
+            seed=args.seed,
+            out_dir=args.out,
+            name=args.name,
+            distributed=args.distributed,
+            threads=auto_threads(args.threads),
+        )
+        if args.resume:
+            resume_checkpoint(config, world_size=world)
+        corpus = load_corpus(
+            config.corpus,
+            tokenizer=config.tokenizer,
+            data_dir=config.data_dir,
+            cache_dir=config.cache_dir,
+            min_freq=config.min_freq,
+            bpe_vocab_size=config.bpe_vocab_size,
+        )
+    except USER_ERRORS as err:
+        return report_error("train", err)
+    result = train(config, corpus=corpus, resume=args.resume)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        summary = {
+            "run_dir": str(result.run_dir),
+            "valid_ppl": round(result.valid["ppl"], 4),
+            "test_ppl": round(result.test["ppl"], 4),
+            "best_step": result.best_step,
+            "params": result.params,
+            "tokens_per_s": round(result.timing["tokens_per_s"], 1),
+            "nash": {k: v for k, v in result.nash.items() if k != "status_counts"},
+        }
+        print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,331 @@
+"""``nashmoe compare``: every method of the NAMEx family on the same footing.
+
+Same corpus, tokens, model shape, steps, optimiser and seeds for every method; only the MoE layer
+differs (spec section 6). For each (seed, method) a run is trained with :func:`~nashmoe.train.train`
+into ``<out>/runs/<method>-s<seed>/``, selected on validation and evaluated once on test; then the
+cosine similarity between expert outputs is measured per MoE layer on validation tokens.
+Outputs in ``<out>``: ``results.json`` (every run and the per-method summary), ``results.md`` (the
+table and a plain verdict) and the plots of :mod:`nashmoe.train.plots`.
+
+Several seeds give mean ± std (sample std). ``jobs > 1`` runs that many trainings in parallel
+processes (one thread each by default); step times are then measured under contention.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nashmoe.data import Corpus, iter_eval_batches, load_corpus
+from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
+from nashmoe.moe.analysis import mean_offdiagonal
+from nashmoe.train.checkpoint import write_json_atomic
+from nashmoe.train.config import TrainConfig
+from nashmoe.train.loggers import read_metrics
+from nashmoe.train.report import format_table, summarize, verdict
+from nashmoe.train.trainer import _git_commit, train
+
+__all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Seeds from ``"3"`` (a count: 0, 1, 2), ``"0,5,7"`` or ``"5,"`` (a list), or ints."""
+    if isinstance(text, int):
+        values: list[int] = list(range(text))
+        if text < 1:
+            raise ValueError(f"seed count must be >= 1, got {text}")
+        return values
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    text = text.strip()
+    try:
+        if "," not in text:
+            n = int(text)
+            if n < 1:
+                raise ValueError(f"seed count must be >= 1, got {n}")
+            return list(range(n))
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        if "seed count" in str(err):
+            raise
+        raise ValueError(
+            f"--seeds takes a count (3 → 0,1,2) or a comma-separated list (0,5,7), got {text!r}"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {text!r}")
+    return seeds
+
+
+def parse_methods(text: str | Sequence[str] | None) -> list[str]:
+    """Methods from ``"all"`` / None (every method), or a comma-separated list."""
+    if text is None or text == "all":
+        return list(METHODS)
+    items = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    items = [m for m in items if m]
+    unknown = [m for m in items if m not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+    if not items or len(set(items)) != len(items):
+        raise ValueError(f"--methods needs distinct methods, got {text!r}")
+    return items
+
+
+@torch.no_grad()
+def expert_similarity(model: torch.nn.Module, corpus: Corpus, *, blocks: int = 8) -> dict:
+    """Cosine similarity between expert outputs per MoE layer on the first ``blocks`` validation
+    blocks: ``{"matrices": [[N, N] per layer], "mean_offdiag": [per layer]}``."""
+    if not getattr(model, "moe_layers", None):
+        return {"matrices": [], "mean_offdiag": []}
+    device = next(model.parameters()).device
+    x, _ = next(
+        iter_eval_batches(
+            corpus.valid, batch_size=blocks, block_size=model.config.block_size, device=device
+        )
+    )
+    model.eval()
+    inputs = capture_moe_inputs(model, lambda: model(x))
+    mats = [expert_output_similarity(layer, h) for layer, h in zip(model.moe_layers, inputs)]
+    return {
+        "matrices": [m.double().cpu().tolist() for m in mats],
+        "mean_offdiag": [mean_offdiagonal(m) for m in mats],
+    }
+
+
+@dataclass
+class CompareResult:
+    """Outcome of :func:`compare`: every run's record, the per-method summary, and the files."""
+
+    runs: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    table: str
+    verdict: str
+    out: Path
+    files: dict[str, str] = field(default_factory=dict)
+
+
+_CORPUS_CACHE: dict[tuple, Corpus] = {}
+
+
+def _corpus_for(config: TrainConfig) -> Corpus:
+    key = (
+        config.corpus,
+        config.tokenizer,
+        config.data_dir,
+        config.cache_dir,
+        config.min_freq,
+        config.bpe_vocab_size,
+    )
+    if key not in _CORPUS_CACHE:
+        _CORPUS_CACHE.clear()
+        _CORPUS_CACHE[key] = load_corpus(
+            config.corpus,
+            tokenizer=config.tokenizer,
+            data_dir=config.data_dir,
+            cache_dir=config.cache_dir,
+            min_freq=config.min_freq,
+            bpe_vocab_size=config.bpe_vocab_size,
+        )
+    return _CORPUS_CACHE[key]
+
+
+def _run_one(config_dict: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Train (or reuse) one run and measure expert similarity; returns its record."""
+    config = TrainConfig.from_dict(config_dict)
+    run_dir = Path(config.out_dir)
+    record_path = run_dir / "record.json"
+    if resume and record_path.is_file():
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("config") == config.to_dict():
+            record["reused"] = True
+            return record
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    corpus = _corpus_for(config)
+    t0 = time.perf_counter()
+    result = train(config, corpus=corpus, resume=resume)
+    record = result.to_dict()
+    record["similarity"] = expert_similarity(result.model, corpus)
+    record["wall_time_s"] = time.perf_counter() - t0
+    write_json_atomic(record_path, record)
+    return record
+
+
+def compare(
+    base: TrainConfig,
+    *,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    out: str | os.PathLike[str] = "runs/compare",
+    jobs: int = 1,
+    resume: bool = False,
+    plots: bool = True,
+    command: str | None = None,
+    log=print,
+) -> CompareResult:
+    """Train ``methods`` × ``seeds`` with the settings of ``base`` and write the comparison.
+
+    Args:
+        base: the shared settings (its ``method``, ``seed``, ``out_dir`` and ``name`` are
+            replaced per run).
+        methods: default every method.
+        seeds: the seeds (model initialisation and data order; equal across methods).
+        out: output directory.
+        jobs: parallel training processes.
+        resume: reuse finished runs in ``out`` (same settings) and resume unfinished ones from
+            their checkpoints.
+        plots: write the PNG plots (needs matplotlib).
+        command: the command line, recorded in the outputs.
+        log: where progress messages go.
+    """
+    methods = parse_methods(list(methods) if methods is not None else None)
+    seeds = [int(s) for s in seeds]
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [
+        base.replace(
+            method=m,
+            seed=s,
+            name=f"{m}-s{s}",
+            out_dir=str(out / "runs" / f"{m}-s{s}"),
+            progress=base.progress and jobs == 1,
+        )
+        for s in seeds
+        for m in methods
+    ]
+    t0 = time.perf_counter()
+    if jobs == 1:
+        _corpus_for(configs[0])  # load (and report a missing file) before the first run
+    records: list[dict[str, Any]] = []
+
+    def done(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        tag = " (reused)" if rec.get("reused") else ""
+        log(
+            f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
+            f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
+            f"{rec['timing']['tokens_per_s']:.0f} tok/s{tag}"
+        )
+
+    if jobs == 1:
+        for cfg in configs:
+            done(_run_one(cfg.to_dict(), resume))
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, cfg.to_dict(), resume) for cfg in configs]
+            for fut in as_completed(futures):
+                done(fut.result())
+    order = {(c.method, c.seed): i for i, c in enumerate(configs)}
+    records.sort(key=lambda r: order[(r["method"], r["seed"])])
+    summary = summarize(records, methods)
+    table = format_table(summary)
+    text = verdict(summary)
+    wall = time.perf_counter() - t0
+    files: dict[str, str] = {}
+    if plots:
+        files.update(_write_plots(records, summary, methods, out))
+    info = {
+        "command": command,
+        "methods": methods,
+        "seeds": seeds,
+        "settings": {
+            k: v
+            for k, v in base.to_dict().items()
+            if k not in ("method", "seed", "name", "out_dir", "progress")
+        },
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "jobs": jobs,
+        "wall_time_s": wall,
+    }
+    write_json_atomic(
+        out / "results.json",
+        {
+            **info,
+            "summary": summary,
+            "verdict": text,
+            "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
+            "files": files,
+        },
+    )
+    _write_markdown(out / "results.md", info, table, text, files)
+    files["results.json"] = str(out / "results.json")
+    files["results.md"] = str(out / "results.md")
+    return CompareResult(
+        runs=records, summary=summary, table=table, verdict=text, out=out, files=files
+    )
+
+
+def _write_plots(
+    records: list[dict[str, Any]], summary: list[dict[str, Any]], methods: list[str], out: Path
+) -> dict[str, str]:
+    from nashmoe.train.plots import plot_alpha, plot_loss_curves, plot_similarity
+
+    metrics: dict[str, list] = {m: [] for m in methods}
+    similarity: dict[str, list] = {m: [] for m in methods}
+    for r in records:
+        path = Path(r["run_dir"]) / "metrics.csv"
+        if path.is_file():
+            metrics[r["method"]].append(read_metrics(path))
+        if r.get("similarity"):
+            similarity[r["method"]].append(r["similarity"])
+    files = {"loss_curves.png": str(plot_loss_curves(metrics, summary, out / "loss_curves.png"))}
+    first = {m: runs[0] for m, runs in metrics.items() if runs}
+    alpha = plot_alpha(first, out / "alpha.png")
+    if alpha is not None:
+        files["alpha.png"] = str(alpha)
+    sim = plot_similarity(similarity, out / "similarity.png")
+    if sim is not None:
+        files["similarity.png"] = str(sim)
+    return files
+
+
+def _write_markdown(
+    path: Path, info: dict[str, Any], table: str, text: str, files: dict[str, str]
+) -> None:
+    s = info["settings"]
+    lines = [
+        "# nashmoe compare",
+        "",
+        f"Command: `{info['command']}`" if info["command"] else "",
+        "",
+        f"Corpus `{s['corpus']}` (tokenizer {s['tokenizer'] or 'default'}), preset "
+        f"`{s['preset']}` {json.dumps(s['model']) if s['model'] else ''}, {s['steps']} steps of "
+        f"{s['batch_size']} sequences, AdamW lr {s['lr']} (warm-up {s['warmup']}, cosine to "
+        f"{s['min_lr']}), seeds {', '.join(map(str, info['seeds']))}; git "
+        f"{(info['git_commit'] or 'unknown')[:12]}; wall time {info['wall_time_s'] / 60:.1f} min "
+        f"({info['jobs']} job(s)).",
+        "",
+        "Perplexities are of the best-on-validation weights (test evaluated once); mean ± sample "
+        "std over seeds. Step time is relative to dense (mean over timed steps). Nash residual: "
+        "largest relative residual of any logged solve; fallbacks: solves that fell back to "
+        "uniform weights (degenerate or infeasible) / solves that hit the iteration budget, of "
+        "all solves. ‖∂L/∂E_m‖: the last logged gradient norm of the first layer's base expert. "
+        "Expert cos sim: mean off-diagonal cosine similarity between expert outputs, averaged "
+        "over MoE layers.",
+        "",
+        table,
+        "",
+        text,
+        "",
+    ]
+    if files:
+        lines += ["Plots: " + ", ".join(f"`{Path(p).name}`" for p in files.values()), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

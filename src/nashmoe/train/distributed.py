@@ -1,0 +1,154 @@
+"""One process or ``torchrun``: the process group, the device, and wrapping the model.
+
+Launch (single node, N processes; nanoGPT's habit of giving the exact commands)::
+
+    nashmoe train --steps 2000                                          # one process
+    torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train ...   # DDP (gloo on CPU)
+    torchrun --standalone --nproc_per_node=8 -m nashmoe.cli train --distributed fsdp ...
+
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` come from the environment (no ``RANK``: a single
+process); ``init_process_group("env://")`` reads ``MASTER_ADDR`` / ``MASTER_PORT``. Backend:
+nccl on CUDA, gloo on CPU. Only rank 0 logs and writes.
+
+Parameter-merging MoE layers (SMEAR, CAMEx, NAMEx) use every expert's weights in every step, so
+DDP needs no ``find_unused_parameters``; it is switched on for ``smoe`` only, where a top-k layer
+may leave an expert without tokens (pytorch/pytorch#43259).
+
+FSDP (CUDA only) shards the whole model as one unit (FSDP2 ``fully_shard``, parameters kept
+gathered between forward and backward): the propagated base expert of EP-CAMEx / NAMEx and the
+balance losses carry gradients from one block into another outside the blocks' outputs, which
+per-block FSDP hooks do not see. Sharding then saves optimizer-state and gradient memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistContext",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "shutdown_distributed",
+    "unwrap",
+    "wrap_model",
+]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``rank``, ``local_rank``, ``world_size`` and its device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    strategy: str = "none"  # "none", "ddp" or "fsdp"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext:
+    """Read the ``torchrun`` environment and join the process group when ``WORLD_SIZE > 1``."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    dev = resolve_device(device, local_rank)
+    if strategy == "fsdp" and dev.type != "cuda":
+        raise ValueError("FSDP needs CUDA devices; use --distributed ddp on CPU")
+    if world <= 1:
+        return DistContext(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    return DistContext(
+        rank=rank, local_rank=local_rank, world_size=world, device=dev, strategy=strategy
+    )
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, *, find_unused_parameters: bool) -> nn.Module:
+    """DDP or FSDP around ``model`` (already on ``ctx.device``); the model itself for one
+    process."""
+    if not ctx.distributed:
+        return model
+    if ctx.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        return fully_shard(model, reshard_after_forward=False)
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (FSDP2 modifies the model in place)."""
+    return getattr(model, "module", model)
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks (in place), a no-op for one process."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()

@@ -1,0 +1,668 @@
+"""Train one MoE language model: :func:`train` (one process or ``torchrun``).
+
+The loop is nanoGPT's (Karpathy): random blocks, AdamW, warm-up plus cosine, gradient clipping and
+accumulation, bf16 autocast on CUDA. Around it: the MoE balance loss is added (``out.loss +
+out.aux_loss``); the validation split is evaluated exactly every ``eval_interval`` steps and at
+the end; the best validation weights are the ones reported on test, once; checkpoints resume
+exactly; rank 0 logs MoE diagnostics (α per layer, per-expert load, Nash residuals, statuses and
+fallbacks, ‖∂L/∂E_m^{(1)}‖) and throughput to ``runs/<name>/metrics.csv`` (and TensorBoard).
+
+Order of work in an optimiser step (it matters for exact resumption): train step → log (and
+evaluate) → checkpoint. Evaluation runs the Nash solve, which updates the solver's warm start;
+the checkpoint is written after it, so a resumed run starts from exactly the same state.
+
+Commands (see also ``nashmoe train --help``)::
+
+    nashmoe train --corpus shakespeare --preset tiny --method namex-full-mom --steps 2000
+    nashmoe train --out runs/my-run --resume                  # continue after a crash
+    torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32 ...
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import nashmoe
+from nashmoe.data import Corpus, get_batch, load_corpus
+from nashmoe.models import GPT, GPTConfig
+from nashmoe.train.checkpoint import (
+    BEST_MODEL,
+    Checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
+from nashmoe.train.config import TrainConfig, build_model_config
+from nashmoe.train.diagnostics import MoEMonitor, base_grad_norm
+from nashmoe.train.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+    unwrap,
+    wrap_model,
+)
+from nashmoe.train.evaluate import evaluate
+from nashmoe.train.loggers import MetricsLogger
+from nashmoe.train.optim import build_optimizer, lr_at
+from nashmoe.train.progress import Progress
+
+__all__ = ["TrainResult", "resolve_dtype", "resume_checkpoint", "train"]
+
+# Fields that may differ between a run and its resumption (they do not change the numbers).
+_RESUMABLE_CHANGES = {
+    "data_dir",
+    "cache_dir",
+    "out_dir",
+    "name",
+    "tensorboard",
+    "progress",
+    "threads",
+    "device",
+    "keep_checkpoints",
+}
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        valid, test: ``{"loss", "ppl", "tokens"}`` of the selected (best validation) weights.
+        final_valid: validation of the last step's weights.
+        best_step: the step of the selected weights.
+        params: ``{"total", "active"}`` parameters.
+        timing: ``tokens_per_s``, ``step_time_s`` (mean over timed steps), ``train_time_s``,
+            ``eval_time_s``, ``steps_timed``.
+        nash: cumulative bargaining counts (``solves``, ``fallbacks``, ``not_converged``,
+            ``status_counts``, ``residual_max``).
+        base_grad_norm: the last logged ‖∂L/∂E_m^{(1)}‖ (None without an owned base).
+        model: the selected model (unwrapped, in eval mode); not serialised.
+    """
+
+    config: TrainConfig
+    model_config: GPTConfig
+    run_dir: Path
+    valid: dict[str, float]
+    test: dict[str, float]
+    final_valid: dict[str, float]
+    best_step: int
+    params: dict[str, int]
+    timing: dict[str, float]
+    nash: dict[str, Any]
+    base_grad_norm: float | None = None
+    model: GPT | None = field(default=None, repr=False)
+    corpus: Corpus | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.config.method,
+            "seed": self.config.seed,
+            "corpus": self.config.corpus,
+            "preset": self.config.preset,
+            "steps": self.config.steps,
+            "run_dir": str(self.run_dir),
+            "valid": self.valid,
+            "test": self.test,
+            "final_valid": self.final_valid,
+            "best_step": self.best_step,
+            "params": self.params,
+            "timing": self.timing,
+            "nash": self.nash,
+            "base_grad_norm": self.base_grad_norm,
+            "config": self.config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+        }
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA devices that support it, float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(nashmoe.__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _full_model_state(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """A CPU copy of the full model state dict (FSDP: gathered, on rank 0 only)."""
+    if ctx.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        return get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+
+
+def _load_full_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor], ctx: DistContext
+) -> None:
+    if ctx.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
+
+        set_model_state_dict(
+            model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        return
+    unwrap(model).load_state_dict(state)
+
+
+def _optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, ctx: DistContext) -> dict:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    target = model if ctx.strategy == "fsdp" else unwrap(model)
+    return get_optimizer_state_dict(
+        target,
+        opt,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=ctx.strategy == "fsdp"),
+    )
+
+
+def _load_optimizer_state(
+    model: nn.Module, opt: torch.optim.Optimizer, state: dict, ctx: DistContext
+) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    target = model if ctx.strategy == "fsdp" else unwrap(model)
+    set_optimizer_state_dict(target, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _rng_state(device: torch.device) -> dict[str, str]:
+    out = {"torch": _b64(torch.get_rng_state())}
+    if device.type == "cuda":
+        out["cuda"] = _b64(torch.cuda.get_rng_state(device))
+    return out
+
+
+def _set_rng_state(state: dict[str, str], device: torch.device) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = config.to_dict()
+    diffs = [
+        f"{k} (checkpoint {saved.get(k)!r}, now {current[k]!r})"
+        for k in current
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
+    ]
+    if diffs:
+        raise ValueError(
+            "cannot resume: the run's settings differ from the checkpoint's in " + "; ".join(diffs)
+        )
+
+
+def resume_checkpoint(config: TrainConfig, *, world_size: int = 1) -> Checkpoint | None:
+    """The checkpoint a resumed run of ``config`` continues from (None: start afresh).
+
+    Raises:
+        ValueError: the checkpoint was written with different settings or process count.
+    """
+    found = find_checkpoint(config.out_dir)
+    if found is None:
+        return None
+    checkpoint = load_checkpoint(found)
+    _check_resumable(checkpoint.state["config"], config)
+    if checkpoint.state.get("world_size", 1) != world_size:
+        raise ValueError(
+            f"cannot resume: the checkpoint was written by "
+            f"{checkpoint.state.get('world_size')} process(es), this run has {world_size}"
+        )
+    return checkpoint
+
+
+def train(
+    config: TrainConfig,
+    *,
+    corpus: Corpus | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress_stream=None,
+) -> TrainResult:
+    """Train one model as ``config`` describes and evaluate it (see the module docstring).
+
+    Args:
+        config: the run's settings.
+        corpus: an already loaded corpus (``nashmoe compare`` loads it once); default: loaded
+            from ``config``.
+        resume: continue from the run directory's latest checkpoint (a fresh start when there is
+            none). The settings must match the checkpoint's, except the output, data location,
+            logging and device fields.
+        on_step: called on every rank after every optimiser step (before its checkpoint is
+            written) with the step number and the metrics logged at that step (empty when none).
+        progress_stream: where the plain progress fallback writes (default stderr).
+
+    Returns:
+        A :class:`TrainResult` with the selected model.
+    """
+    ctx = init_distributed(config.device, config.distributed)
+    try:
+        return _train(config, ctx, corpus, resume, on_step, progress_stream)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _train(
+    config: TrainConfig,
+    ctx: DistContext,
+    corpus: Corpus | None,
+    resume: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    progress_stream,
+) -> TrainResult:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = ctx.device
+    run_dir = Path(config.out_dir)
+    ckpt_root = run_dir / "checkpoints"
+    micro, rem = divmod(config.batch_size, config.grad_accum * ctx.world_size)
+    if rem or micro < 1:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a multiple of grad_accum × world_size = "
+            f"{config.grad_accum} × {ctx.world_size}"
+        )
+
+    checkpoint = resume_checkpoint(config, world_size=ctx.world_size) if resume else None
+
+    if corpus is None:
+        corpus = load_corpus(
+            config.corpus,
+            tokenizer=config.tokenizer,
+            data_dir=config.data_dir,
+            cache_dir=config.cache_dir,
+            min_freq=config.min_freq,
+            bpe_vocab_size=config.bpe_vocab_size,
+        )
+    mcfg = build_model_config(config, vocab_size=corpus.vocab_size)
+    for split in ("train", "valid", "test"):
+        n = corpus.split(split).numel()
+        if n < mcfg.block_size + 1:
+            raise ValueError(
+                f"the {split} split has {n} tokens, fewer than block_size + 1 = "
+                f"{mcfg.block_size + 1}"
+            )
+
+    torch.manual_seed(config.seed)  # identical initialisation on every rank
+    model = GPT(mcfg).to(device)
+    params = model.num_parameters()
+    # Dropout / router noise: a per-rank stream; data order: one generator, equal on all ranks.
+    torch.manual_seed(config.seed + 1 + ctx.rank)
+    generator = torch.Generator().manual_seed(config.seed)
+    wrapped = wrap_model(model, ctx, find_unused_parameters=(config.method == "smoe"))
+    opt = build_optimizer(
+        model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
+    )
+    amp_dtype = resolve_dtype(config.dtype, device)
+
+    def autocast():
+        if amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    monitor = MoEMonitor()
+    start_step = 0
+    best: dict[str, Any] = {"step": None, "val_loss": math.inf, "valid": None}
+    best_state: dict[str, torch.Tensor] | None = None
+    best_file: Path | None = None  # best weights already on disk (unchanged since)
+    timing = {"train_time_s": 0.0, "eval_time_s": 0.0, "steps_timed": 0, "tokens_timed": 0}
+    last_valid: dict[str, float] | None = None
+    last_base_norm: float | None = None
+
+    if checkpoint is not None:
+        st = checkpoint.state
+        _load_full_model_state(wrapped, checkpoint.model_state(), ctx)
+        opt_state = checkpoint.optimizer_state()
+        if opt_state is not None:
+            _load_optimizer_state(wrapped, opt, opt_state, ctx)
+        _set_rng_state(st["rng"][ctx.rank], device)
+        generator.set_state(_unb64(st["data_generator"]))
+        monitor.load_state_dict(st["monitor"])
+        best = st["best"]
+        timing = st["timing"]
+        last_valid = st.get("last_valid")
+        last_base_norm = st.get("base_grad_norm")
+        if checkpoint.has_best:
+            best_state = checkpoint.best_model_state()
+            best_file = checkpoint.path / BEST_MODEL
+        start_step = checkpoint.step
+
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    logger = MetricsLogger(
+        run_dir,
+        tensorboard=config.tensorboard,
+        resume_step=start_step if checkpoint is not None else None,
+        enabled=ctx.is_main,
+    )
+    if ctx.is_main:
+        write_json_atomic(
+            run_dir / "config.json",
+            {
+                "train": config.to_dict(),
+                "model": mcfg.to_dict(),
+                "params": params,
+                "corpus": corpus.info,
+                "world_size": ctx.world_size,
+                "micro_batch_size": micro,
+                "device": str(device),
+                "autocast_dtype": str(amp_dtype).replace("torch.", ""),
+                "nashmoe_version": nashmoe.__version__,
+                "torch_version": torch.__version__,
+                "python": platform.python_version(),
+                "git_commit": _git_commit(),
+                "resumed_from_step": start_step if checkpoint is not None else None,
+            },
+        )
+    progress = Progress(
+        config.steps,
+        start=start_step,
+        desc=f"{config.method} s{config.seed}",
+        enabled=ctx.is_main and config.progress,
+        stream=progress_stream,
+    )
+    is_ddp = ctx.distributed and ctx.strategy == "ddp"
+    tokens_per_step = config.batch_size * mcfg.block_size
+    train_data = corpus.train
+    pending_loss = torch.zeros((), dtype=torch.float64, device=device)
+    pending_aux = torch.zeros((), dtype=torch.float64, device=device)
+    pending_steps = 0
+    interval_time = 0.0
+    interval_tokens = 0
+    eval_kwargs = dict(
+        block_size=mcfg.block_size,
+        batch_size=config.eval_batch_size,
+        device=device,
+        ctx=ctx,
+        autocast=autocast,
+    )
+    eval_model = wrapped if ctx.strategy == "fsdp" else model
+    wrapped.train()
+
+    try:
+        for step in range(start_step, config.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(
+                step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup, total=config.steps
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
+            for m in range(config.grad_accum):
+                x, y = get_batch(
+                    train_data,
+                    batch_size=micro,
+                    block_size=mcfg.block_size,
+                    generator=generator,
+                    device=device,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                )
+                sync = (
+                    wrapped.no_sync()
+                    if is_ddp and m < config.grad_accum - 1
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast():
+                        out = wrapped(x, y)
+                    loss = (out.loss + out.aux_loss) / config.grad_accum
+                    loss.backward()
+                pending_loss += out.loss.detach().double() / config.grad_accum
+                pending_aux += out.aux_loss.detach().double() / config.grad_accum
+                monitor.update(out.aux)
+            done = step + 1
+            log_now = done % config.log_interval == 0 or done == config.steps
+            base_norm = base_grad_norm(model) if log_now else None
+            if config.grad_clip > 0:
+                grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+            else:
+                grad_norm = None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            pending_steps += 1
+            if device.type == "cuda" and log_now:
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - t0
+            if step > start_step:  # the first step of a process includes one-off set-up costs
+                timing["train_time_s"] += elapsed
+                timing["steps_timed"] += 1
+                timing["tokens_timed"] += tokens_per_step
+            interval_time += elapsed
+            interval_tokens += tokens_per_step
+
+            metrics: dict[str, float] = {}
+            if log_now:
+                sums = torch.stack([pending_loss, pending_aux])
+                all_reduce_sum(sums, ctx)
+                sums = (sums / (ctx.world_size * pending_steps)).tolist()
+                metrics.update(
+                    {
+                        "train/loss": sums[0],
+                        "train/aux_loss": sums[1],
+                        "train/lr": lr,
+                        "train/tokens_per_s": interval_tokens / max(interval_time, 1e-9),
+                        "train/step_ms": 1000.0 * interval_time / pending_steps,
+                    }
+                )
+                if grad_norm is not None:
+                    metrics["train/grad_norm"] = float(grad_norm)
+                if base_norm is not None:
+                    last_base_norm = float(base_norm)
+                    metrics["grad/base_norm"] = last_base_norm
+                metrics.update(monitor.snapshot())
+                pending_loss.zero_()
+                pending_aux.zero_()
+                pending_steps = 0
+                interval_time, interval_tokens = 0.0, 0
+            if (config.eval_interval and done % config.eval_interval == 0) or (
+                done == config.steps
+            ):
+                te = time.perf_counter()
+                last_valid = evaluate(eval_model, corpus.valid, **eval_kwargs)
+                timing["eval_time_s"] += time.perf_counter() - te
+                metrics["val/loss"] = last_valid["loss"]
+                metrics["val/ppl"] = last_valid["ppl"]
+                if last_valid["loss"] < best["val_loss"]:
+                    best = {"step": done, "val_loss": last_valid["loss"], "valid": last_valid}
+                    best_state = _full_model_state(wrapped, ctx)
+                    best_file = None
+            if metrics:
+                logger.log(done, metrics)
+            if metrics:
+                progress.update(
+                    done,
+                    loss=metrics.get("train/loss", float("nan")),
+                    tok_s=metrics.get("train/tokens_per_s", float("nan")),
+                    **({"val": metrics["val/loss"]} if "val/loss" in metrics else {}),
+                )
+            else:
+                progress.update(done)
+            if on_step is not None:
+                on_step(done, metrics)
+            if (config.ckpt_interval and done % config.ckpt_interval == 0) or (
+                done == config.steps
+            ):
+                best_file = _write_checkpoint(
+                    ckpt_root,
+                    done,
+                    ctx=ctx,
+                    wrapped=wrapped,
+                    opt=opt,
+                    generator=generator,
+                    config=config,
+                    mcfg=mcfg,
+                    corpus=corpus,
+                    monitor=monitor,
+                    best=best,
+                    best_state=best_state,
+                    best_file=best_file,
+                    timing=timing,
+                    last_valid=last_valid,
+                    base_norm=last_base_norm,
+                )
+    finally:
+        progress.close()
+
+    # Select on validation, report test once.
+    if best["step"] != config.steps and best_state is not None:
+        _load_full_model_state(wrapped, best_state, ctx)
+    te = time.perf_counter()
+    test = evaluate(eval_model, corpus.test, **eval_kwargs)
+    timing["eval_time_s"] += time.perf_counter() - te
+    valid = best["valid"]
+    steps_timed = max(timing["steps_timed"], 1)
+    timing_out = {
+        "tokens_per_s": timing["tokens_timed"] / max(timing["train_time_s"], 1e-9),
+        "step_time_s": timing["train_time_s"] / steps_timed,
+        "train_time_s": timing["train_time_s"],
+        "eval_time_s": timing["eval_time_s"],
+        "steps_timed": timing["steps_timed"],
+    }
+    result = TrainResult(
+        config=config,
+        model_config=mcfg,
+        run_dir=run_dir,
+        valid=valid,
+        test=test,
+        final_valid=last_valid,
+        best_step=best["step"],
+        params=params,
+        timing=timing_out,
+        nash=monitor.totals(),
+        base_grad_norm=last_base_norm,
+        model=model.eval(),
+        corpus=corpus,
+    )
+    if ctx.is_main:
+        logger.log(
+            config.steps,
+            {
+                "test/loss": test["loss"],
+                "test/ppl": test["ppl"],
+                "selected/val_loss": valid["loss"],
+                "selected/step": float(best["step"]),
+            },
+        )
+        logger.close()
+        write_json_atomic(run_dir / "result.json", result.to_dict())
+    barrier(ctx)
+    return result
+
+
+def _write_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    ctx: DistContext,
+    wrapped: nn.Module,
+    opt: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+    mcfg: GPTConfig,
+    corpus: Corpus,
+    monitor: MoEMonitor,
+    best: dict[str, Any],
+    best_state: dict[str, torch.Tensor] | None,
+    best_file: Path | None,
+    timing: dict[str, Any],
+    last_valid: dict[str, float] | None,
+    base_norm: float | None,
+) -> Path | None:
+    """Gather the state on every rank (collectives), write it on rank 0; returns the path of
+    the best weights file now on disk."""
+    model_state = _full_model_state(wrapped, ctx)
+    opt_state = _optimizer_state(wrapped, opt, ctx)
+    rng = all_gather_objects(_rng_state(ctx.device), ctx)
+    path = None
+    if ctx.is_main:
+        state = {
+            "config": config.to_dict(),
+            "model_config": mcfg.to_dict(),
+            "tokenizer": corpus.tokenizer.to_dict(),
+            "corpus": {k: corpus.info.get(k) for k in ("corpus", "tokenizer", "vocab_size")},
+            "world_size": ctx.world_size,
+            "rng": rng,
+            "data_generator": _b64(generator.get_state()),
+            "schedule": {
+                "lr": lr_at(
+                    step - 1,
+                    lr=config.lr,
+                    min_lr=config.min_lr,
+                    warmup=config.warmup,
+                    total=config.steps,
+                ),
+                "warmup": config.warmup,
+                "min_lr": config.min_lr,
+                "total": config.steps,
+            },
+            "monitor": monitor.state_dict(),
+            "best": best,
+            "timing": timing,
+            "last_valid": last_valid,
+            "base_grad_norm": base_norm,
+        }
+        best_arg: Any = best_file if best_file is not None else best_state
+        path = save_checkpoint(
+            root,
+            step,
+            model_state=model_state,
+            optimizer_state=opt_state,
+            state=json.loads(json.dumps(state)),
+            best_model=best_arg,
+            keep=config.keep_checkpoints,
+        )
+    barrier(ctx)
+    return path / BEST_MODEL if path is not None and best_state is not None else None
