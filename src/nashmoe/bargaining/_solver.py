@@ -271,18 +271,22 @@ def _solve(
     # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
     grid = _step_grid(cdtype, device)
-    iterations = torch.zeros(beta.shape[0], dtype=torch.int64, device=device)
+    # Per-problem scalars are kept as [B, 1, 1] so that they broadcast without reshaping.
+    iterations = torch.zeros_like(beta[:, :1], dtype=torch.int64)
     # Newton decrement² and max β at the last Newton step, for the feasibility certificate.
-    lam2 = torch.full((beta.shape[0], 1), math.inf, dtype=cdtype, device=device)
-    beta_max = beta.amax(1)
+    lam2 = torch.full_like(beta[:, :1], math.inf)
+    beta_max = beta.amax(1, keepdim=True)
     it = 0
     while True:
         k_beta = torch.bmm(k_hat, beta)
         b_kb = beta * k_beta  # α_i (Kα)_i, = 1 at the solution
         rhs = 1.0 - b_kb  # −β ⊙ ∇f(β), the scaled Newton right-hand side
-        # max_i |α_i (Kα)_i − 1| bounds the reported relative residual from above.
-        beta_now = beta.amax(1)
-        active = (rhs.abs().amax(1) > tol) & (beta_now <= cap)  # [B, 1]
+        # Relative residual in the original coordinates: with w = 1/α = ‖g‖/β,
+        # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖.
+        w = sqrt_diag / beta
+        res = (rhs * w).norm(dim=1, keepdim=True) / w.norm(dim=1, keepdim=True)
+        beta_now = beta.amax(1, keepdim=True)
+        active = (res > tol) & (beta_now <= cap)  # [B, 1, 1]
         if it == max_iter or (not sync_free and not bool(active.any())):
             break
         it += 1
@@ -291,31 +295,26 @@ def _solve(
         torch.bmm(beta, beta.mT, out=m).mul_(k_newton).diagonal(dim1=1, dim2=2).add_(1.0)
         torch.linalg.cholesky_ex(m, out=(chol, info))
         y = torch.cholesky_solve(rhs, chol)
-        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)  # failed factorisation: stay
+        y = y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # failed factorisation: stay
         # f(β + t d) − f(β) = t βᵀK̂d + ½ t² dᵀK̂d − Σ log(1 + t y_i), with βᵀK̂d = Σ α_i(Kα)_i y_i
         # and, from M y = rhs, dᵀK̂d = yᵀ(rhs − (1 + ridge β²) ⊙ y); also the Newton decrement
         # λ² = rhsᵀy (of the ridged system). One product gives all three.
         d = beta * y  # the Newton direction in β
         q = torch.addcmul(rhs - y, d, beta, value=-ridge)
-        coef = torch.bmm(torch.cat((b_kb, q, rhs), -1).mT, y)  # [B, 3, 1]
-        lam2 = coef[:, 2]
+        slope, curvature, lam2 = torch.bmm(torch.cat((b_kb, q, rhs), -1).mT, y).split(1, dim=1)
         # Candidate steps: a grid around the Newton step t = 1, including long steps (they let
         # near-infeasible problems grow α fast, and expose infeasible ones within a few
         # iterations), capped by the fraction-to-boundary rule that keeps α > 0.
         t_max = y.amin(1, keepdim=True).clamp(max=-_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
         t = torch.minimum(grid, -_FRACTION_TO_BOUNDARY / t_max)  # [B, 1, C]
-        delta_f = t * torch.addcmul(coef[:, :1], coef[:, 1:2], t, value=0.5)
+        delta_f = t * torch.addcmul(slope, curvature, t, value=0.5)
         delta_f = delta_f - torch.log1p(y * t).sum(1, keepdim=True)
-        step = t.gather(-1, delta_f.argmin(-1, keepdim=True))  # [B, 1, 1]
-        step = step * active[..., None]
+        step = t.gather(-1, delta_f.argmin(-1, keepdim=True)) * active  # [B, 1, 1]
         beta = torch.addcmul(beta, d, step)
-        iterations += active[:, 0]
+        iterations += active
 
-    diverged = ok & (beta_now[:, 0] > cap)
-    # Relative residual in the original coordinates: with w = 1/α = ‖g‖/β,
-    # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖.
-    w = sqrt_diag / beta
-    res = (rhs * w).norm(dim=(1, 2)) / w.norm(dim=(1, 2))
+    res = res[:, 0, 0]
+    diverged = ok & (beta_now[:, 0, 0] > cap)
     converged = ok & ~diverged & (res <= tol)
     alpha = beta / sqrt_diag
     status = torch.zeros_like(iterations)  # NashStatus.OK
@@ -371,8 +370,8 @@ def _classify(
     # Or a witness: the current direction Δ = Σ β_i ĝ_i improves every player, (K̂β)_i > 0 beyond
     # its rounding error (N·eps·Σ_j β_j per entry), which Gordan's alternative rules out for an
     # infeasible problem.
-    witness = (b_kb - (4 * n * eps) * beta * beta.sum(1, keepdim=True)).amin(1) > 0
-    certified = (certified | witness)[:, 0]
+    witness = (b_kb - (4 * n * eps) * beta * beta.sum(1, keepdim=True)).amin(1, keepdim=True) > 0
+    certified = (certified | witness)[:, 0, 0]
     infeasible = ok & ~converged & (diverged | ~certified)
     status = torch.full_like(converged, NashStatus.NOT_CONVERGED, dtype=torch.int64)
     status.masked_fill_(converged, NashStatus.OK)
