@@ -325,3 +325,19 @@ def test_segment_cache_requires_causal_routing():
     ).eval()
     with pytest.raises(ValueError, match="incremental decoding needs causal"):
         layer(torch.randn(1, 3, 8), cache=SegmentCache())
+
+
+# ---------------------------------------------------------------- devices
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["smoe", "smear", "camex", "namex-full-mom"])
+def test_cuda_matches_cpu(method):
+    layers = _model(method, 3)
+    x = torch.randn(2, 12, 8)
+    expected = _forward(layers, x)
+    layers_cuda = layers.to("cuda")
+    out = _forward(layers_cuda, x.cuda())
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = _forward(layers_cuda, x.cuda())
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layers_cuda.parameters() if p.grad is not None)
