@@ -294,6 +294,7 @@ def _write_plots(
     sim = plot_similarity(similarity, out / "similarity.png")
     if sim is not None:
         files["similarity.png"] = str(sim)
+        files["similarity_matrices.png"] = str(sim.with_name(sim.stem + "_matrices.png"))
     return files
 
 

@@ -5,8 +5,8 @@
 - ``alpha.png``: the Nash weights per MoE layer over training, as shares ``α_i / Σ_j α_j`` (α
   itself scales like 1/‖τ‖; the share shows which experts the bargain favours), first seed.
 - ``similarity.png``: mean cosine similarity between expert outputs per MoE layer (off-diagonal
-  mean of the [N, N] matrix; NAMEx paper's cooperation-vs-competition view), mean over seeds,
-  and the matrices of the first seed.
+  mean of the [N, N] matrix; the NAMEx paper's cooperation-vs-competition view), mean over
+  seeds; ``similarity_matrices.png``: the matrices of the first seed.
 """
 
 from __future__ import annotations
@@ -157,37 +157,53 @@ def plot_similarity(
     similarity: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]
 ) -> Path | None:
     """``similarity[method]`` is a list (one per seed) of ``{"matrices": [[N, N] per layer],
-    "mean_offdiag": [per layer]}``; methods without MoE layers are skipped."""
+    "mean_offdiag": [per layer]}``; methods without MoE layers are skipped. Writes ``path``
+    (mean off-diagonal similarity per layer) and ``<stem>_matrices.png`` beside it (the matrices
+    of the first seed)."""
     items = {m: s for m, s in similarity.items() if s and s[0].get("matrices")}
     if not items:
         return None
     plt = _pyplot()
-    n_layers = max(len(s[0]["matrices"]) for s in items.values())
-    fig = plt.figure(figsize=(3.0 + 2.2 * n_layers, 2.2 * (len(items) + 1.6)))
-    grid = fig.add_gridspec(len(items) + 2, n_layers)
-    top = fig.add_subplot(grid[:2, :])
+    path = Path(path)
     cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    n_layers = max(len(s[0]["matrices"]) for s in items.values())
     for i, (method, seeds) in enumerate(items.items()):
         n = min(len(s["mean_offdiag"]) for s in seeds)
         mean = [sum(s["mean_offdiag"][j] for s in seeds) / len(seeds) for j in range(n)]
-        top.plot(range(n), mean, "o-", color=cmap(i % 10), label=method)
-    top.set_xlabel("MoE layer")
-    top.set_ylabel("mean cos sim (i ≠ j)")
-    top.set_title("cosine similarity between expert outputs (validation tokens)")
-    top.grid(alpha=0.3)
-    top.legend(fontsize=7, ncol=3)
+        ax.plot(range(n), mean, "o-", color=cmap(i % 10), label=method)
+    ax.set_xticks(range(n_layers))
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("mean cosine similarity (i ≠ j)")
+    ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
+    ax.set_title("similarity between expert outputs on validation tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(
+        len(items),
+        n_layers,
+        figsize=(1.9 * n_layers + 1.2, 1.9 * len(items) + 0.6),
+        squeeze=False,
+    )
+    im = None
     for r, (method, seeds) in enumerate(items.items()):
-        for c, mat in enumerate(seeds[0]["matrices"]):
-            ax = fig.add_subplot(grid[r + 2, c])
-            im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
-            ax.set_xticks([])
-            ax.set_yticks([])
+        for c in range(n_layers):
+            a = axes[r][c]
+            a.set_xticks([])
+            a.set_yticks([])
+            if c < len(seeds[0]["matrices"]):
+                im = a.imshow(seeds[0]["matrices"][c], vmin=-1, vmax=1, cmap="RdBu_r")
             if c == 0:
-                ax.set_ylabel(method, fontsize=8)
+                a.set_ylabel(method, fontsize=8)
             if r == 0:
-                ax.set_title(f"layer {c}", fontsize=8)
-    fig.colorbar(im, ax=fig.axes[1:], shrink=0.6)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
+                a.set_title(f"layer {c}", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    fig.suptitle("expert-output cosine similarity matrices (first seed)", fontsize=10)
+    fig.savefig(path.with_name(path.stem + "_matrices.png"), dpi=100)
     plt.close(fig)
     return path

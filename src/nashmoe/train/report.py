@@ -131,7 +131,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
         sd = [x["test_ppl"][1] for x in (best, second) if x["test_ppl"][1] is not None]
         noise = f" (seed std up to {max(sd):.2f})" if sd else ""
         out.append(
-            f"Runner-up: {second['method']}, {gap:.2f} perplexity points higher "
+            f"Runner-up: {second['method']}, {gap:.3g} perplexity points higher "
             f"({100 * gap / best['test_ppl'][0]:.1f}%){noise}."
         )
     namex = [r for r in ranked if r["method"].startswith("namex")]
@@ -139,7 +139,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
         nb = namex[0]
         gap = nb["test_ppl"][0] - best["test_ppl"][0]
         out.append(
-            f"NAMEx does not win here: its best variant, {nb['method']}, is {gap:.2f} points "
+            f"NAMEx does not win here: its best variant, {nb['method']}, is {gap:.3g} points "
             f"({100 * gap / best['test_ppl'][0]:.1f}%) behind {best['method']}."
         )
     elif namex:
@@ -148,7 +148,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
             ob = others[0]
             gap = ob["test_ppl"][0] - best["test_ppl"][0]
             out.append(
-                f"The best non-NAMEx method, {ob['method']}, is {gap:.2f} points "
+                f"The best non-NAMEx method, {ob['method']}, is {gap:.3g} points "
                 f"({100 * gap / best['test_ppl'][0]:.1f}%) behind."
             )
     return " ".join(out)
