@@ -12,12 +12,13 @@ with warm start (max 100 iterations), stopping when ‖K̃α − 1/α‖ < 1e-3 
 training. The baseline has no batching: a batch of b problems costs b solves.
 
 Reported per row: our time per problem (median over repeats of one batched call, divided by the
-batch), the baseline's mean time per solve and the speedup, each in wall-clock time and in CPU
-time of this process (less sensitive to other processes sharing the machine); the max relative
-residual ‖Kα − 1/α‖ / ‖1/α‖ of both, our max iterations and statuses, the baseline's mean outer
-rounds, and the max relative difference between the two α. Then a sweep of ``max_iter`` (the
-bargaining budget): residual vs iterations; and both solvers on problems whose player norms
-spread over ±1 decade.
+batch; the repeats are interleaved with the baseline's solves so that both see the same load),
+the baseline's mean time per solve and the speedup, each in wall-clock time and in CPU time of
+this process (less sensitive to other processes sharing the machine); the max relative residual
+‖Kα − 1/α‖ / ‖1/α‖ of both, our max iterations and statuses, the baseline's mean outer rounds,
+and the max relative difference between the two α. Then a sweep of ``max_iter`` (the bargaining
+budget): residual vs iterations; and both solvers on problems whose player norms spread over
+±1 decade.
 
     python benchmarks/bench_bargaining.py --out runs/bench           # full (a few minutes)
     python benchmarks/bench_bargaining.py --quick --out runs/bench-quick   # < 1 minute
@@ -145,7 +146,27 @@ class NashMTLBaseline:
         return np.asarray(self.previous, dtype=np.float64), rounds, status
 
 
-def run_baseline(grams: torch.Tensor, limit: int | None) -> dict[str, Any]:
+def _baseline_summary(
+    grams: torch.Tensor, alphas: list, times: list, cpu_times: list, rounds: list, statuses: list
+) -> dict[str, Any]:
+    count = len(alphas)
+    alpha = torch.stack(alphas)
+    return {
+        "alpha": alpha,
+        "problems": count,
+        "ms_per_solve": 1e3 * statistics.fmean(times),
+        "cpu_ms_per_solve": 1e3 * statistics.fmean(cpu_times),
+        "median_ms_per_solve": 1e3 * statistics.median(times),
+        "min_ms_per_solve": 1e3 * min(times),
+        "residual_max": float(relative_residual(grams[:count], alpha).max()),
+        "rounds_mean": statistics.fmean(rounds),
+        "solver_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+    }
+
+
+def run_baseline(grams: torch.Tensor, limit: int | None, between: Any = None) -> dict[str, Any]:
+    """Solve the problems one by one with the baseline (warm-started from the previous one, as in
+    training), timing each; ``between()`` runs after every solve (to interleave measurements)."""
     n = grams.shape[-1]
     solver = NashMTLBaseline(n)
     count = grams.shape[0] if limit is None else min(limit, grams.shape[0])
@@ -162,16 +183,9 @@ def run_baseline(grams: torch.Tensor, limit: int | None) -> dict[str, Any]:
             alphas.append(torch.from_numpy(alpha))
             rounds.append(used)
             statuses.append(status)
-    alpha = torch.stack(alphas)
-    return {
-        "alpha": alpha,
-        "problems": count,
-        "ms_per_solve": 1e3 * statistics.fmean(times),
-        "cpu_ms_per_solve": 1e3 * statistics.fmean(cpu_times),
-        "residual_max": float(relative_residual(grams[:count], alpha).max()),
-        "rounds_mean": statistics.fmean(rounds),
-        "solver_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-    }
+            if between is not None:
+                between()
+    return _baseline_summary(grams, alphas, times, cpu_times, rounds, statuses)
 
 
 # --- our solver --------------------------------------------------------------------------------
@@ -182,25 +196,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_call(gram: torch.Tensor, kwargs: dict[str, Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one nash_bargaining(gram, **kwargs) call (CPU = wall on CUDA)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    nash_bargaining(gram, **kwargs)
+    _sync(gram.device)
+    wall = time.perf_counter() - start
+    return wall, (time.process_time() - start_cpu if gram.device.type == "cpu" else wall)
+
+
 def time_ours(
     gram: torch.Tensor, *, min_time: float, min_reps: int, **kwargs: Any
 ) -> tuple[float, float]:
-    """Median (wall, CPU) seconds per call of nash_bargaining(gram, **kwargs). On CUDA the CPU
-    time means nothing and is reported equal to the wall time."""
-    device = gram.device
+    """Median (wall, CPU) seconds per call of nash_bargaining(gram, **kwargs)."""
     for _ in range(3):  # warm-up
         nash_bargaining(gram, **kwargs)
-    _sync(device)
+    _sync(gram.device)
     wall: list[float] = []
     cpu: list[float] = []
     while len(wall) < min_reps or sum(wall) < min_time:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        nash_bargaining(gram, **kwargs)
-        _sync(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    median_wall = statistics.median(wall)
-    return median_wall, (statistics.median(cpu) if device.type == "cpu" else median_wall)
+        w, c = time_call(gram, kwargs)
+        wall.append(w)
+        cpu.append(c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def status_counts(status: torch.Tensor) -> dict[str, int]:
@@ -259,52 +277,70 @@ def main(argv: list[str] | None = None) -> int:
     baselines: dict[int, dict[str, Any]] = {}
     for n in sizes:
         grams = make_problems(n, max_batch, seed=args.seed + n)
+        configs = [(d, t, b) for d in devices for t in dtypes for b in batches]
+        prepared = []
+        for device, dtype_name, batch in configs:
+            gram = grams[:batch].to(device=device, dtype=DTYPES[dtype_name])
+            kwargs = {"compute_dtype": DTYPES[dtype_name]}
+            for _ in range(3):  # warm-up
+                nash_bargaining(gram, **kwargs)
+            _sync(device)
+            prepared.append((gram, kwargs))
+        wall: list[list[float]] = [[] for _ in configs]
+        cpu: list[list[float]] = [[] for _ in configs]
+
+        def sample_ours(prepared=prepared, wall=wall, cpu=cpu) -> None:
+            for j, (gram, kwargs) in enumerate(prepared):
+                for _ in range(3):
+                    w, c = time_call(gram, kwargs)
+                    wall[j].append(w)
+                    cpu[j].append(c)
+
+        # Our timings are interleaved with the baseline's solves, so that both see the same load
+        # on a shared machine; then topped up to the minimum time.
         if not args.no_baseline:
-            baselines[n] = run_baseline(grams, baseline_limit)
+            baselines[n] = run_baseline(grams, baseline_limit, between=sample_ours)
             print(
                 f"baseline N={n}: {baselines[n]['ms_per_solve']:.1f} ms/solve over "
                 f"{baselines[n]['problems']} problems",
                 file=sys.stderr,
             )
-        for device in devices:
-            for dtype_name in dtypes:
-                for batch in batches:
-                    gram = grams[:batch].to(device=device, dtype=DTYPES[dtype_name])
-                    kwargs = {"compute_dtype": DTYPES[dtype_name]}
-                    seconds, cpu_seconds = time_ours(gram, min_time=min_time, min_reps=10, **kwargs)
-                    sol = nash_bargaining(gram, **kwargs)
-                    res = relative_residual(gram, sol.alpha)
-                    row: dict[str, Any] = {
-                        "device": device.type,
-                        "dtype": dtype_name,
-                        "n": n,
-                        "batch": batch,
-                        "us_per_problem": 1e6 * seconds / batch,
-                        "cpu_us_per_problem": 1e6 * cpu_seconds / batch,
-                        "ms_per_call": 1e3 * seconds,
-                        "residual_max": float(res.max()),
-                        "reported_residual_max": float(sol.residual.max()),
-                        "iterations_max": int(sol.iterations.max()),
-                        "iterations_mean": float(sol.iterations.double().mean()),
-                        "statuses": status_counts(sol.status),
-                    }
-                    base = baselines.get(n)
-                    if base is not None:
-                        m = min(batch, base["problems"])
-                        ours = sol.alpha[:m].double().cpu()
-                        row["baseline_ms_per_solve"] = base["ms_per_solve"]
-                        row["baseline_cpu_ms_per_solve"] = base["cpu_ms_per_solve"]
-                        row["speedup"] = 1e3 * base["ms_per_solve"] / row["us_per_problem"]
-                        row["cpu_speedup"] = (
-                            1e3 * base["cpu_ms_per_solve"] / row["cpu_us_per_problem"]
-                        )
-                        row["baseline_residual_max"] = base["residual_max"]
-                        row["baseline_rounds_mean"] = base["rounds_mean"]
-                        row["baseline_solver_statuses"] = base["solver_statuses"]
-                        row["agreement_max_rel"] = float(
-                            ((ours - base["alpha"][:m]) / ours).abs().max()
-                        )
-                    rows.append(row)
+        while min(len(w) for w in wall) < 10 or min(sum(w) for w in wall) < min_time:
+            sample_ours()
+        for j, (device, dtype_name, batch) in enumerate(configs):
+            gram, kwargs = prepared[j]
+            seconds, cpu_seconds = statistics.median(wall[j]), statistics.median(cpu[j])
+            sol = nash_bargaining(gram, **kwargs)
+            res = relative_residual(gram, sol.alpha)
+            row: dict[str, Any] = {
+                "device": device.type,
+                "dtype": dtype_name,
+                "n": n,
+                "batch": batch,
+                "us_per_problem": 1e6 * seconds / batch,
+                "cpu_us_per_problem": 1e6 * cpu_seconds / batch,
+                "min_us_per_problem": 1e6 * min(wall[j]) / batch,
+                "ms_per_call": 1e3 * seconds,
+                "timed_calls": len(wall[j]),
+                "residual_max": float(res.max()),
+                "reported_residual_max": float(sol.residual.max()),
+                "iterations_max": int(sol.iterations.max()),
+                "iterations_mean": float(sol.iterations.double().mean()),
+                "statuses": status_counts(sol.status),
+            }
+            base = baselines.get(n)
+            if base is not None:
+                m = min(batch, base["problems"])
+                ours = sol.alpha[:m].double().cpu()
+                row["baseline_ms_per_solve"] = base["ms_per_solve"]
+                row["baseline_cpu_ms_per_solve"] = base["cpu_ms_per_solve"]
+                row["speedup"] = 1e3 * base["ms_per_solve"] / row["us_per_problem"]
+                row["cpu_speedup"] = 1e3 * base["cpu_ms_per_solve"] / row["cpu_us_per_problem"]
+                row["baseline_residual_max"] = base["residual_max"]
+                row["baseline_rounds_mean"] = base["rounds_mean"]
+                row["baseline_solver_statuses"] = base["solver_statuses"]
+                row["agreement_max_rel"] = float(((ours - base["alpha"][:m]) / ours).abs().max())
+            rows.append(row)
 
     sweep = run_sweep(args, devices[0], quick=args.quick)
     robustness = [] if args.no_baseline else run_robustness(args, quick=args.quick)

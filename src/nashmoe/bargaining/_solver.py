@@ -442,10 +442,11 @@ def nash_bargaining(
             dimensions, e.g. one problem per MoE layer), on any device.
         max_iter: Newton iterations at most (the bargaining budget). On CPU the loop stops once
             every problem converged; on CUDA it runs exactly ``max_iter`` masked iterations (no
-            host synchronisation). Typical feasible problems need 3 to 6.
-        tol: convergence threshold on the relative residual ``‖Kα − 1/α‖ / ‖1/α‖``. A problem
-            stops iterating once max_i |α_i (Kα)_i − 1| <= tol, which implies it. With
-            ``compute_dtype=float32`` the threshold is at least 50 float32 epsilons (6e-6).
+            host synchronisation). Typical feasible problems need 2 to 5.
+        tol: convergence threshold on the relative residual ``‖Kα − 1/α‖ / ‖1/α‖``; each
+            problem stops iterating once it is reached (Newton converges quadratically, so the
+            returned residual is often far below it). With ``compute_dtype=float32`` the
+            threshold is at least 50 float32 epsilons (6e-6).
         init: warm start ``[..., N]`` (positive, broadcastable to the batch), e.g. the previous
             step's α. Its scale does not matter (the start is rescaled optimally along its ray).
             Default ``1/√diag(K)``, exact when the players are orthogonal.
