@@ -55,6 +55,8 @@ _EPS_CAP = 0.25
 # Newton decrement below which a non-converged problem counts as certified feasible (< 1 in
 # exact arithmetic; a margin for rounding). The other certificate is an improving iterate.
 _CERTIFIED_DECREMENT = 0.9
+# Newton decrement below which the full step is taken without a line search (CPU).
+_QUADRATIC_REGION = 0.25
 # Fixed-point sweeps β ← √(β / K̂β) tried as a start (kept only when they lower f).
 _FIXED_POINT_SWEEPS = 4
 # Relative asymmetry of the Gram matrix accepted by input validation.
@@ -204,11 +206,11 @@ def _start(k_hat: Tensor, beta: Tensor, *, sweeps: int) -> Tensor:
             k_sweep = torch.bmm(k_hat, sweep)
             sweep = torch.where(k_sweep > 0, (sweep / k_sweep).sqrt(), sweep)
         both = torch.cat((beta, sweep), 2)  # [B, N, 2]
-        quad = (both * torch.bmm(k_hat, both)).sum(1)  # [B, 2]
-        score = (0.5 * n) * quad.clamp_min(tiny).log() - both.log().sum(1)
-        better = score[:, 1:] < score[:, :1]  # NaN (overflow in the sweeps) compares False
-        beta = torch.where(better[..., None], sweep, beta)
-        quad = torch.where(better, quad[:, 1:], quad[:, :1])[..., None]
+        quad = (both * torch.bmm(k_hat, both)).sum(1, keepdim=True)  # [B, 1, 2]
+        score = (0.5 * n) * quad.clamp_min(tiny).log() - both.log().sum(1, keepdim=True)
+        better = score[..., 1:] < score[..., :1]  # [B, 1, 1]; NaN (overflow) compares False
+        beta = torch.where(better, sweep, beta)
+        quad = torch.where(better, quad[..., 1:], quad[..., :1])
     else:
         quad = torch.bmm(beta.mT, torch.bmm(k_hat, beta))
     return beta * (n / quad.clamp_min(tiny)).sqrt()
@@ -297,19 +299,26 @@ def _solve(
         y = torch.cholesky_solve(rhs, chol)
         y = y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # failed factorisation: stay
         # f(β + t d) − f(β) = t βᵀK̂d + ½ t² dᵀK̂d − Σ log(1 + t y_i), with βᵀK̂d = Σ α_i(Kα)_i y_i
-        # and, from M y = rhs, dᵀK̂d = yᵀ(rhs − (1 + ridge β²) ⊙ y); also the Newton decrement
-        # λ² = rhsᵀy (of the ridged system). One product gives all three.
+        # and, from M y = rhs, dᵀK̂d = yᵀ(rhs − (1 + ridge β²) ⊙ y); the Newton decrement is
+        # λ² = rhsᵀy (of the ridged system).
         d = beta * y  # the Newton direction in β
-        q = torch.addcmul(rhs - y, d, beta, value=-ridge)
-        slope, curvature, lam2 = torch.bmm(torch.cat((b_kb, q, rhs), -1).mT, y).split(1, dim=1)
-        # Candidate steps: a grid around the Newton step t = 1, including long steps (they let
-        # near-infeasible problems grow α fast, and expose infeasible ones within a few
-        # iterations), capped by the fraction-to-boundary rule that keeps α > 0.
-        t_max = y.amin(1, keepdim=True).clamp(max=-_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
-        t = torch.minimum(grid, -_FRACTION_TO_BOUNDARY / t_max)  # [B, 1, C]
-        delta_f = t * torch.addcmul(slope, curvature, t, value=0.5)
-        delta_f = delta_f - torch.log1p(y * t).sum(1, keepdim=True)
-        step = t.gather(-1, delta_f.argmin(-1, keepdim=True)) * active  # [B, 1, 1]
+        lam2 = torch.bmm(rhs.mT, y)  # [B, 1, 1]
+        if not sync_free and bool((lam2 < _QUADRATIC_REGION**2).all()):
+            # Every problem is in Newton's quadratic region (λ < 1/4): the full step keeps α > 0
+            # (‖y‖∞ <= λ since M >= I) and is what the line search would pick. CPU only: on
+            # CUDA the test would synchronise.
+            step = active
+        else:
+            q = torch.addcmul(rhs - y, d, beta, value=-ridge)
+            slope, curvature = torch.bmm(torch.cat((b_kb, q), -1).mT, y).split(1, dim=1)
+            # Candidate steps: a grid around the Newton step t = 1, including long steps (they
+            # let near-infeasible problems grow α fast, and expose infeasible ones within a few
+            # iterations), capped by the fraction-to-boundary rule that keeps α > 0.
+            t_max = y.amin(1, keepdim=True).clamp(max=-_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
+            t = torch.minimum(grid, -_FRACTION_TO_BOUNDARY / t_max)  # [B, 1, C]
+            delta_f = t * torch.addcmul(slope, curvature, t, value=0.5)
+            delta_f = delta_f - torch.log1p(y * t).sum(1, keepdim=True)
+            step = t.gather(-1, delta_f.argmin(-1, keepdim=True)) * active  # [B, 1, 1]
         beta = torch.addcmul(beta, d, step)
         iterations += active
 
@@ -485,8 +494,8 @@ def nash_bargaining(
         alpha, residual, iterations, status = _solve(
             gram.detach(), max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
         )
-    alpha = alpha.to(out_dtype)
-    residual = residual.to(out_dtype)
+    if alpha.dtype != out_dtype:
+        alpha, residual = alpha.to(out_dtype), residual.to(out_dtype)
     if differentiable and gram.requires_grad:
         alpha = _ImplicitNash.apply(gram, alpha, status == NashStatus.OK)
     return NashSolution(alpha=alpha, residual=residual, iterations=iterations, status=status)
