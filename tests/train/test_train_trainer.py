@@ -1,0 +1,164 @@
+"""The training loop: outputs of a run, exact resumption, accumulation, exact evaluation,
+best-on-validation selection, MoE diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nashmoe.data import iter_eval_batches
+from nashmoe.models import GPT, GPTConfig
+from nashmoe.train import evaluate, load_checkpoint, load_model, read_metrics, train
+
+from .conftest import tiny_config
+
+
+def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corpus):
+    # 60 training characters: the model soon memorises them and validation gets worse, so the
+    # selected (best validation) weights are not the last ones.
+    overfit = dataclasses.replace(small_corpus, train=small_corpus.train[:60])
+    cfg = tiny_config(
+        tmp_path / "run", steps=12, eval_interval=3, lr=0.03, warmup=0, weight_decay=0.0
+    )
+    result = train(cfg, corpus=overfit)
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["method"] == "namex-full-mom" and config["train"]["lr"] == 0.03
+    assert config["model"]["n_layer"] == 2 and config["model"]["vocab_size"] == 66
+    assert config["params"] == result.params
+    cols = read_metrics(run)
+    val_steps = [s for s, v in zip(cols["step"], cols["val/loss"]) if v is not None]
+    assert val_steps == [3, 6, 9, 12]
+    vals = [v for v in cols["val/loss"] if v is not None]
+    assert result.best_step == val_steps[vals.index(min(vals))]
+    assert result.valid["loss"] == pytest.approx(min(vals), abs=0)
+    assert result.final_valid["loss"] == pytest.approx(vals[-1], abs=0)
+    assert result.best_step < 12, "expected the overfitting run to select an earlier step"
+    # test was evaluated once, on the selected weights
+    loaded = load_model(run, weights="best")
+    assert loaded.step == result.best_step
+    again = evaluate(loaded.model, small_corpus.test, block_size=32)
+    assert again["loss"] == pytest.approx(result.test["loss"], rel=1e-6)
+    last = load_model(run, weights="last")
+    assert last.step == 12
+    assert evaluate(last.model, small_corpus.valid, block_size=32)["loss"] == pytest.approx(
+        vals[-1], rel=1e-6
+    )
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["test"] == result.test and saved["best_step"] == result.best_step
+    # MoE diagnostics: α and load per layer, residuals, statuses, ‖∂L/∂E_m‖
+    for layer in (0, 1):
+        alpha = [cols[f"alpha/l{layer}/e{i}"][0] for i in range(4)]
+        assert all(a > 0 for a in alpha)
+        load = [cols[f"load/l{layer}/e{i}"][0] for i in range(4)]
+        assert sum(load) == pytest.approx(1.0)
+        assert cols[f"nash/residual/l{layer}"][0] < 1e-6
+    assert cols["nash/solves"][11] == 24  # namex-full(-mom): every MoE layer solves, every step
+    assert result.nash["solves"] == 24 and result.nash["fallbacks"] == 0
+    assert all(g > 0 for g in cols["grad/base_norm"] if g is not None)
+    assert result.base_grad_norm > 0
+    assert cols["train/tokens_per_s"][0] > 0
+    assert result.timing["steps_timed"] == 11
+
+
+@pytest.mark.parametrize(
+    ("method", "model"),
+    [
+        ("namex-full-mom", {"dropout": 0.1}),  # dropout: the RNG state must be restored too
+        ("smoe", {"moe_options": {"router_noise": 0.5}}),
+    ],
+)
+def test_resume_after_a_crash_is_exact(tmp_path, small_corpus, method, model):
+    kw = dict(method=method, steps=10, eval_interval=5, ckpt_interval=4, model=model)
+    reference = train(tiny_config(tmp_path / "a", **kw), corpus=small_corpus)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(step, metrics):
+        if step == 7:  # after the checkpoint of step 4 and the evaluation of step 5
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_config(tmp_path / "b", **kw), corpus=small_corpus, on_step=crash)
+    assert load_checkpoint(tmp_path / "b").step == 4
+    resumed = train(tiny_config(tmp_path / "b", **kw), corpus=small_corpus, resume=True)
+
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert a["step"] == b["step"]
+    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "val/loss", "test/loss"):
+        assert a[key] == b[key], key
+    sa, sb = load_checkpoint(tmp_path / "a").model_state(), load_checkpoint(tmp_path / "b")
+    sb = sb.model_state()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert resumed.test == reference.test and resumed.best_step == reference.best_step
+
+
+def test_resume_refuses_different_settings(tmp_path, small_corpus):
+    train(tiny_config(tmp_path / "r", steps=2), corpus=small_corpus)
+    with pytest.raises(ValueError, match=r"cannot resume: .* lr \(checkpoint 0.003, now 0.01\)"):
+        train(tiny_config(tmp_path / "r", steps=2, lr=0.01), corpus=small_corpus, resume=True)
+
+
+def test_resume_without_checkpoint_starts_afresh(tmp_path, small_corpus):
+    result = train(tiny_config(tmp_path / "new", steps=2), corpus=small_corpus, resume=True)
+    assert result.best_step == 2
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path, small_corpus):
+    # Without the (batch-nonlinear) balance loss, two micro-batches of 4 equal one batch of 8.
+    kw = dict(method="smear", steps=3, batch_size=8, model={"balance_coef": 0.0})
+    one = train(tiny_config(tmp_path / "one", **kw), corpus=small_corpus)
+    two = train(tiny_config(tmp_path / "two", grad_accum=2, **kw), corpus=small_corpus)
+    a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert a["train/loss"][:3] == pytest.approx(b["train/loss"][:3], rel=1e-5)
+    assert one.test["loss"] == pytest.approx(two.test["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [32, 7])
+def test_evaluation_is_exact(small_corpus, block_size):
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(
+            vocab_size=66,
+            method="dense",
+            n_layer=1,
+            n_head=2,
+            d_model=16,
+            d_ff=32,
+            block_size=block_size,
+        )
+    ).eval()
+    data = small_corpus.valid[:301]
+    got = evaluate(model, data, block_size=block_size, batch_size=5)
+    # naive reference: every target once, in order; context = its evaluation block
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_eval_batches(data, batch_size=1, block_size=block_size):
+            logits = model(x).logits[0]
+            for t in range(block_size):
+                if y[0, t] != -100:
+                    total += float(F.cross_entropy(logits[t : t + 1], y[0, t : t + 1]))
+                    count += 1
+    assert count == got["tokens"] == 300
+    assert got["loss"] == pytest.approx(total / count, rel=1e-6)
+    assert got["ppl"] == pytest.approx(math.exp(total / count), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["camex", "ep-camex", "namex", "smear"])
+def test_base_gradient_norm_logged_where_there_is_a_base(tmp_path, small_corpus, method):
+    result = train(tiny_config(tmp_path / method, method=method, steps=2), corpus=small_corpus)
+    cols = read_metrics(tmp_path / method)
+    if method == "smear":
+        assert "grad/base_norm" not in cols and result.base_grad_norm is None
+        assert "alpha/l0/e0" not in cols
+    else:
+        assert result.base_grad_norm > 0
+    if method == "namex":  # α solved at the first MoE layer only, reused by the second
+        assert result.nash["solves"] == 2
+        assert cols["alpha/l0/e0"] == cols["alpha/l1/e0"]
