@@ -84,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-        base = config_from_args(args, threads=auto_threads(args.threads, args.jobs))
-        for m in methods:  # a shape that fails for one method fails now, not after hours
+        # every method's shape is checked now (a segment length that does not divide the block
+        # size fails here, not after hours of training the methods before it)
+        base = config_from_args(
+            args, method=methods[0], threads=auto_threads(args.threads, args.jobs)
+        )
+        for m in methods[1:]:
             base.replace(method=m)
         if not args.no_plots:
             import importlib.util
