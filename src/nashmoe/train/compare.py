@@ -32,7 +32,7 @@ from nashmoe.train.checkpoint import write_json_atomic
 from nashmoe.train.config import TrainConfig
 from nashmoe.train.loggers import read_metrics
 from nashmoe.train.report import format_table, summarize, verdict
-from nashmoe.train.trainer import _git_commit, train
+from nashmoe.train.trainer import git_state, train
 
 __all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
 
@@ -207,6 +207,7 @@ def compare(
         for m in methods
     ]
     t0 = time.perf_counter()
+    git = git_state()  # the code the runs start with (later commits do not change them)
     if jobs == 1:
         _corpus_for(configs[0])  # load (and report a missing file) before the first run
     records: list[dict[str, Any]] = []
@@ -248,7 +249,7 @@ def compare(
             for k, v in base.to_dict().items()
             if k not in ("method", "seed", "name", "out_dir", "progress")
         },
-        "git_commit": _git_commit(),
+        "git": git,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
@@ -311,7 +312,9 @@ def _write_markdown(
         f"`{s['preset']}` {json.dumps(s['model']) if s['model'] else ''}, {s['steps']} steps of "
         f"{s['batch_size']} sequences, AdamW lr {s['lr']} (warm-up {s['warmup']}, cosine to "
         f"{s['min_lr']}), seeds {', '.join(map(str, info['seeds']))}; git "
-        f"{(info['git_commit'] or 'unknown')[:12]}; wall time {info['wall_time_s'] / 60:.1f} min "
+        f"{(info['git']['commit'] or 'unknown')[:12]}"
+        f"{' (with uncommitted changes in src/)' if info['git']['dirty'] else ''}; "
+        f"wall time {info['wall_time_s'] / 60:.1f} min "
         f"({info['jobs']} job(s)).",
         "",
         "Perplexities are of the best-on-validation weights (test evaluated once); mean ± sample "

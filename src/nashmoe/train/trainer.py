@@ -63,7 +63,7 @@ from nashmoe.train.loggers import MetricsLogger
 from nashmoe.train.optim import build_optimizer, lr_at
 from nashmoe.train.progress import Progress
 
-__all__ = ["TrainResult", "resolve_dtype", "resume_checkpoint", "train"]
+__all__ = ["TrainResult", "git_state", "resolve_dtype", "resume_checkpoint", "train"]
 
 # Fields that may differ between a run and its resumption (they do not change the numbers).
 _RESUMABLE_CHANGES = {
@@ -148,20 +148,25 @@ def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
 
-def _git_commit() -> str | None:
-    try:
-        root = Path(nashmoe.__file__).resolve().parents[2]
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+def git_state() -> dict[str, Any]:
+    """The commit of the source tree the package runs from, and whether ``src/`` has uncommitted
+    changes (None when it is not a git checkout)."""
+    root = Path(nashmoe.__file__).resolve().parents[2]
+
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    diff = git("status", "--porcelain", "--", "src")
+    dirty = None if diff is None else bool(diff.stdout.strip())
+    return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
 def _full_model_state(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
@@ -403,7 +408,7 @@ def _train(
                 "nashmoe_version": nashmoe.__version__,
                 "torch_version": torch.__version__,
                 "python": platform.python_version(),
-                "git_commit": _git_commit(),
+                "git": git_state(),
                 "resumed_from_step": start_step if checkpoint is not None else None,
             },
         )
