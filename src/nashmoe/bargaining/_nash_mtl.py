@@ -57,7 +57,8 @@ class NashMTL(nn.Module):
         warm_start: start each solve from the previous α (Nash-MTL does).
         fallback: on a failed solve (degenerate or infeasible gradients), use the ``"last"``
             good α (uniform if none yet) or ``"uniform"`` weights 1/T. Failures are counted in
-            :attr:`num_fallbacks`, never hidden.
+            :attr:`num_fallbacks`, never hidden. A ``NOT_CONVERGED`` solve (a Nash point exists
+            but ``max_iter`` did not reach ``tol``) is used as it is; see ``out.solution``.
 
     .. warning:: The module is stateful (warm start, reuse, counters). Call :meth:`reset` between
        independent runs; the state lives in buffers and is saved with ``state_dict``.
