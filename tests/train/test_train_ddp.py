@@ -1,8 +1,11 @@
-"""DDP on CPU: two ``torchrun`` processes (gloo) match one process with the same global batch.
+"""DDP and FSDP on CPU: two ``torchrun`` processes (gloo) match one process with the same global
+batch.
 
 Each rank takes half of every global batch (``get_batch`` with identically seeded generators);
 the single process sees the same rows as two accumulation micro-batches, so the per-micro-batch
-balance loss is the same too, and DDP's gradient average equals the accumulated gradient.
+balance loss is the same too, and DDP's gradient average equals the accumulated gradient. FSDP2
+shards the parameters, gradients and optimizer state; the learnable 0-dim merge step η stays
+replicated (FSDP2 cannot shard scalars) with its gradient averaged by the trainer.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from .conftest import TINY_MODEL, tiny_config
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["namex-full-mom", "smoe"])
-def test_two_processes_match_one(tmp_path, full_corpus, method):
+@pytest.mark.parametrize(
+    ("method", "strategy"),
+    [("namex-full-mom", "ddp"), ("smoe", "ddp"), ("namex-full-mom", "fsdp")],
+)
+def test_two_processes_match_one(tmp_path, full_corpus, method, strategy):
     sets = [x for k, v in TINY_MODEL.items() for x in ("--set", f"{k}={v}")]
     args = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "nashmoe.cli", "train", "--method", method, "--steps", "4", "--batch-size", "8",
         "--lr", "3e-3", "--log-interval", "1", "--eval-batch-size", "64", "--threads", "1",
-        "--tensorboard", "off", "--no-progress", "--out", str(tmp_path / "ddp"), *sets,
+        "--tensorboard", "off", "--no-progress", "--out", str(tmp_path / "ddp"),
+        "--distributed", strategy, *sets,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)

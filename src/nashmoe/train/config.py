@@ -31,7 +31,7 @@ __all__ = [
 DTYPES = ("auto", "float32", "bfloat16")
 """``auto``: bfloat16 autocast on CUDA (when supported), float32 elsewhere."""
 DISTRIBUTED = ("ddp", "fsdp")
-"""Data-parallel strategy under ``torchrun`` (FSDP needs CUDA)."""
+"""Data-parallel strategy under ``torchrun`` (FSDP is meant for CUDA; it also runs on CPU)."""
 TENSORBOARD = ("auto", "on", "off")
 
 # GPTConfig fields a user may override (vocab_size comes from the corpus).
@@ -97,7 +97,7 @@ class TrainConfig:
         progress: show a progress bar.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto``, ``float32`` or ``bfloat16`` (autocast).
-        distributed: ``ddp`` or ``fsdp`` (CUDA only), used when launched by ``torchrun``.
+        distributed: ``ddp`` or ``fsdp`` (FSDP2, meant for CUDA), used under ``torchrun``.
         threads: torch CPU threads (``None``: leave torch's default).
     """
 

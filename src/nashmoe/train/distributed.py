@@ -14,7 +14,8 @@ Parameter-merging MoE layers (SMEAR, CAMEx, NAMEx) use every expert's weights in
 DDP needs no ``find_unused_parameters``; it is switched on for ``smoe`` only, where a top-k layer
 may leave an expert without tokens (pytorch/pytorch#43259).
 
-FSDP (CUDA only) shards the whole model as one unit (FSDP2 ``fully_shard``, parameters kept
+FSDP (meant for CUDA; it also runs on CPU with gloo, which the tests use) shards the whole model
+as one unit (FSDP2 ``fully_shard``, parameters kept
 gathered between forward and backward): the propagated base expert of EP-CAMEx / NAMEx and the
 balance losses carry gradients from one block into another outside the blocks' outputs, which
 per-block FSDP hooks do not see. Sharding then saves optimizer-state and gradient memory.
@@ -34,6 +35,7 @@ __all__ = [
     "DistContext",
     "all_gather_objects",
     "all_reduce_sum",
+    "average_gradients",
     "barrier",
     "init_distributed",
     "shutdown_distributed",
@@ -92,8 +94,6 @@ def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     dev = resolve_device(device, local_rank)
-    if strategy == "fsdp" and dev.type != "cuda":
-        raise ValueError("FSDP needs CUDA devices; use --distributed ddp on CPU")
     if world <= 1:
         return DistContext(device=dev)
     if dev.type == "cuda":
@@ -111,21 +111,49 @@ def shutdown_distributed(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, *, find_unused_parameters: bool) -> nn.Module:
+def wrap_model(
+    model: nn.Module, ctx: DistContext, *, find_unused_parameters: bool
+) -> tuple[nn.Module, list[nn.Parameter]]:
     """DDP or FSDP around ``model`` (already on ``ctx.device``); the model itself for one
-    process."""
+    process.
+
+    Returns:
+        ``(wrapped, replicated)``: ``replicated`` lists the parameters FSDP leaves unsharded
+        (0-dim ones, e.g. a learnable merge step η, which FSDP2 cannot shard); their gradients
+        must be averaged over ranks with :func:`average_gradients` after ``backward``.
+    """
     if not ctx.distributed:
-        return model
+        return model, []
     if ctx.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        return fully_shard(model, reshard_after_forward=False)
+        replicated = [p for p in model.parameters() if p.dim() == 0]
+        wrapped = fully_shard(
+            model, reshard_after_forward=False, ignored_params=set(replicated) or None
+        )
+        return wrapped, replicated
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(
+    ddp = DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
     )
+    return ddp, []
+
+
+def average_gradients(params: list[nn.Parameter], ctx: DistContext) -> None:
+    """Average the gradients of ``params`` over ranks (one collective)."""
+    if not ctx.distributed or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).clone()
+        offset += n
 
 
 def unwrap(model: nn.Module) -> nn.Module:

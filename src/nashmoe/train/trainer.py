@@ -52,6 +52,7 @@ from nashmoe.train.distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_sum,
+    average_gradients,
     barrier,
     init_distributed,
     shutdown_distributed,
@@ -347,7 +348,7 @@ def _train(
     # Dropout / router noise: a per-rank stream; data order: one generator, equal on all ranks.
     torch.manual_seed(config.seed + 1 + ctx.rank)
     generator = torch.Generator().manual_seed(config.seed)
-    wrapped = wrap_model(model, ctx, find_unused_parameters=(config.method == "smoe"))
+    wrapped, replicated = wrap_model(model, ctx, find_unused_parameters=(config.method == "smoe"))
     opt = build_optimizer(
         model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
     )
@@ -468,6 +469,7 @@ def _train(
                 pending_loss += out.loss.detach().double() / config.grad_accum
                 pending_aux += out.aux_loss.detach().double() / config.grad_accum
                 monitor.update(out.aux)
+            average_gradients(replicated, ctx)  # FSDP: the parameters it leaves unsharded
             done = step + 1
             log_now = done % config.log_interval == 0 or done == config.steps
             base_norm = base_grad_norm(model) if log_now else None

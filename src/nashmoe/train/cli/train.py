@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--distributed",
         choices=DISTRIBUTED,
         default="ddp",
-        help="strategy under torchrun (fsdp needs CUDA)",
+        help="strategy under torchrun (fsdp: FSDP2, meant for CUDA; also runs on CPU)",
     )
     add_common_arguments(parser, {"ckpt_interval": None})
 
