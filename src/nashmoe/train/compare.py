@@ -309,7 +309,8 @@ def _write_markdown(
         f"Command: `{info['command']}`" if info["command"] else "",
         "",
         f"Corpus `{s['corpus']}` (tokenizer {s['tokenizer'] or 'default'}), preset "
-        f"`{s['preset']}` {json.dumps(s['model']) if s['model'] else ''}, {s['steps']} steps of "
+        f"`{s['preset']}`{' with ' + json.dumps(s['model']) if s['model'] else ''}, "
+        f"{s['steps']} steps of "
         f"{s['batch_size']} sequences, AdamW lr {s['lr']} (warm-up {s['warmup']}, cosine to "
         f"{s['min_lr']}), seeds {', '.join(map(str, info['seeds']))}; git "
         f"{(info['git']['commit'] or 'unknown')[:12]}"
