@@ -72,6 +72,12 @@ def test_matches_reference_segment_prior(method):
         assert g["0.base_w_in"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("method", ["camex", "ep-camex", "namex-mom"])
+def test_matches_reference_with_curvature(method):
+    layers = make_stack(method, curvature_rank=1, curvature_init=1.3)
+    compare(layers, torch.randn(2, 9, D, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("method", ["smear", "camex", "namex-full-mom"])
 def test_matches_reference_segment_self(method):
     compare(make_stack(method, first_segment="self"), torch.randn(2, 9, D, dtype=torch.float64))
