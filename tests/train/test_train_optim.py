@@ -41,6 +41,7 @@ def test_weight_decay_groups():
         GPTConfig(
             vocab_size=20,
             method="camex",
+            moe_options={"curvature_rank": 1},  # a learned curvature, to check its group
             n_layer=2,
             d_model=16,
             d_ff=32,
