@@ -150,3 +150,29 @@ def test_cli_hatespeech_and_errors(tmp_path, capsys) -> None:
     assert main(["defer", "--dataset", "hatespeech", "--experts", "human"]) == 2
     assert main(["defer", "--dataset", "hatespeech", "--model", "cnn"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cifar10n_data_first_j_annotators() -> None:
+    pytest.importorskip("PIL")
+    require_data("cifar10/train.npz")
+    require_data("cifar10n_labels.npz")
+    from nashmoe.defer.data import load_cifar10, load_cifar10n_labels
+    from nashmoe.defer.experiments import cifar10n_data
+
+    data = cifar10n_data(image_limit=300, sizes=(200, 50, 50), num_experts=2, seed=1)
+    assert data.num_experts == 2 and data.train.expert_preds.shape == (200, 2)
+    assert data.info["experts"] == ["random_label1", "random_label2"]
+    labels = load_cifar10n_labels()
+    images = load_cifar10("train", limit=300).images
+    where = {images[i].tobytes(): i for i in range(300)}
+    seen = set()
+    # Each row's image, label and expert answers come from the same train index.
+    for split in (data.train, data.val, data.test):
+        for x, y, m in zip(split.x.numpy(), split.y.tolist(), split.expert_preds.tolist()):
+            i = where[x.tobytes()]
+            seen.add(i)
+            assert y == labels["clean_label"][i]
+            assert m == [labels["random_label1"][i], labels["random_label2"][i]]
+    assert len(seen) == 300
+    with pytest.raises(ValueError, match="1 to 3 annotators"):
+        cifar10n_data(image_limit=300, sizes=(200, 50, 50), num_experts=4)

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-experts",
         type=int,
         default=None,
-        help="J for synthetic experts / annotators (default 4 / 3)",
+        help="J: synthetic experts (default 4), simulated annotators (3), or the first J of the "
+        "3 CIFAR-10N annotators (3)",
     )
     parser.add_argument(
         "--family",
@@ -146,6 +147,7 @@ def _load(args: argparse.Namespace, model: str, seed: int):
             train_limit=args.train_limit,
             inputs=inputs,
             image_limit=args.image_limit,
+            num_experts=args.num_experts or 3,
             **kwargs,
         )
     if args.dataset == "cifar10":

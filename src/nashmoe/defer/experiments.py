@@ -160,15 +160,20 @@ def cifar10n_data(
     train_limit: int | None = None,
     inputs: str = "image",
     image_limit: int | None = None,
+    num_experts: int = 3,
 ) -> DeferData:
     """CIFAR-10N with the three human annotators as experts (spec section 9, construction (a)).
 
+    ``num_experts`` = J ≤ 3 keeps the first J annotation columns (``random_label1`` first).
     ``train_limit`` keeps a stratified subset of the training part; ``inputs`` is ``"image"`` or
     ``"features"`` (frozen k-means features); ``image_limit`` decodes only the first images of the
     train file (tests), in which case ``sizes`` must fit and the official test set is skipped.
     """
     if inputs not in ("image", "features"):
         raise ValueError(f"inputs must be 'image' or 'features', got {inputs!r}")
+    if not 1 <= num_experts <= len(CIFAR10N_EXPERT_KEYS):
+        raise ValueError(f"CIFAR-10N has 1 to 3 annotators, got num_experts={num_experts}")
+    keys = list(CIFAR10N_EXPERT_KEYS[:num_experts])
     labels_n = load_cifar10n_labels(data_dir=data_dir)
     if image_limit is not None:
         train = load_cifar10("train", data_dir=data_dir, limit=image_limit)
@@ -180,7 +185,7 @@ def cifar10n_data(
     clean = labels_n["clean_label"][:n]
     if not np.array_equal(clean, train.labels):
         raise ValueError("CIFAR-10N clean_label does not match the CIFAR-10 train labels")
-    experts = np.stack([labels_n[k][:n] for k in CIFAR10N_EXPERT_KEYS], axis=1)
+    experts = np.stack([labels_n[k][:n] for k in keys], axis=1)
     tr_idx, va_idx, te_idx = stratified_split(clean, sizes, seed=seed)
     tr_idx = _subsample(tr_idx, clean, train_limit, seed)
     if inputs == "features":
@@ -205,10 +210,10 @@ def cifar10n_data(
         name="cifar10n",
         **splits,
         num_classes=10,
-        num_experts=3,
+        num_experts=num_experts,
         input_kind=inputs,
         classifier_test=clf_test,
-        info={"experts": list(CIFAR10N_EXPERT_KEYS), "split_seed": seed, **_summaries(splits)},
+        info={"experts": keys, "split_seed": seed, **_summaries(splits)},
     )
 
 
