@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from nashmoe.data import Corpus, iter_eval_batches, load_corpus
+from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
 from nashmoe.train.checkpoint import write_json_atomic
 from nashmoe.train.config import TrainConfig
 from nashmoe.train.loggers import read_metrics
 from nashmoe.train.report import format_table, summarize, verdict
-from nashmoe.train.trainer import git_state, train
+from nashmoe.train.trainer import corpus_for, git_state, train
 
 __all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
 
@@ -128,14 +128,7 @@ def _corpus_for(config: TrainConfig) -> Corpus:
     )
     if key not in _CORPUS_CACHE:
         _CORPUS_CACHE.clear()
-        _CORPUS_CACHE[key] = load_corpus(
-            config.corpus,
-            tokenizer=config.tokenizer,
-            data_dir=config.data_dir,
-            cache_dir=config.cache_dir,
-            min_freq=config.min_freq,
-            bpe_vocab_size=config.bpe_vocab_size,
-        )
+        _CORPUS_CACHE[key] = corpus_for(config)
     return _CORPUS_CACHE[key]
 
 

@@ -271,6 +271,18 @@ def resume_checkpoint(config: TrainConfig, *, world_size: int = 1) -> Checkpoint
     return checkpoint
 
 
+def corpus_for(config: TrainConfig) -> Corpus:
+    """Load the corpus a training configuration names (corpus, tokenizer, paths, vocabulary)."""
+    return load_corpus(
+        config.corpus,
+        tokenizer=config.tokenizer,
+        data_dir=config.data_dir,
+        cache_dir=config.cache_dir,
+        min_freq=config.min_freq,
+        bpe_vocab_size=config.bpe_vocab_size,
+    )
+
+
 def train(
     config: TrainConfig,
     *,
@@ -325,14 +337,7 @@ def _train(
     checkpoint = resume_checkpoint(config, world_size=ctx.world_size) if resume else None
 
     if corpus is None:
-        corpus = load_corpus(
-            config.corpus,
-            tokenizer=config.tokenizer,
-            data_dir=config.data_dir,
-            cache_dir=config.cache_dir,
-            min_freq=config.min_freq,
-            bpe_vocab_size=config.bpe_vocab_size,
-        )
+        corpus = corpus_for(config)
     mcfg = build_model_config(config, vocab_size=corpus.vocab_size)
     for split in ("train", "valid", "test"):
         n = corpus.split(split).numel()

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 
-from nashmoe.data import load_corpus
 from nashmoe.moe import METHODS
 from nashmoe.train.cli.common import (
     USER_ERRORS,
@@ -24,7 +23,7 @@ from nashmoe.train.cli.common import (
     report_error,
 )
 from nashmoe.train.config import DISTRIBUTED
-from nashmoe.train.trainer import resume_checkpoint, train
+from nashmoe.train.trainer import corpus_for, resume_checkpoint, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,14 +61,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.resume:
             resume_checkpoint(config, world_size=world)
-        corpus = load_corpus(
-            config.corpus,
-            tokenizer=config.tokenizer,
-            data_dir=config.data_dir,
-            cache_dir=config.cache_dir,
-            min_freq=config.min_freq,
-            bpe_vocab_size=config.bpe_vocab_size,
-        )
+        corpus = corpus_for(config)
     except USER_ERRORS as err:
         return report_error("train", err)
     result = train(config, corpus=corpus, resume=args.resume)
