@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nashmoe._optional import require
+
 __all__ = ["reference_nash_bargaining"]
 
 # Clarabel's defaults stop at a duality gap of about 1e-8, which leaves α wrong by about 1e-5
@@ -27,14 +29,12 @@ _DEFAULT_OPTIONS = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-1
 
 
 def _import_cvxpy() -> Any:
-    try:
-        import cvxpy
-    except ImportError as exc:
-        raise ImportError(
-            "the reference Nash bargaining solver needs cvxpy and Clarabel: "
-            "pip install 'nashmoe[ref]'"
-        ) from exc
-    return cvxpy
+    return require(
+        "cvxpy",
+        extra="ref",
+        purpose="the reference Nash bargaining solver",
+        package="cvxpy and Clarabel",
+    )
 
 
 def _residual(k: np.ndarray, alpha: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nashmoe._optional import require
 from nashmoe.data._cache import atomic_write_text, resolve_cache_dir
 from nashmoe.data._tokenizer import check_ids, register_tokenizer
 
@@ -40,13 +41,7 @@ _MIN_PAIR_FREQUENCY = 2
 
 
 def _tokenizers() -> Any:
-    try:
-        import tokenizers
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "byte-level BPE tokenizers need the `tokenizers` package: pip install 'nashmoe[train]'"
-        ) from e
-    return tokenizers
+    return require("tokenizers", extra="train", purpose="byte-level BPE tokenizers")
 
 
 def _byte_level(tok: Any) -> None:

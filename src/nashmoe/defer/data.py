@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nashmoe._optional import require
 from nashmoe._paths import data_file
 
 __all__ = [
@@ -69,10 +70,7 @@ class CifarData:
 
 
 def _decode_jpegs(jpeg: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("decoding CIFAR-10 needs Pillow: pip install 'nashmoe[vision]'") from err
+    Image = require("PIL.Image", extra="vision", purpose="decoding CIFAR-10", package="Pillow")
     out = np.empty((len(indices), 32, 32, 3), dtype=np.uint8)
     for row, i in enumerate(indices):
         blob = jpeg[offsets[i] : offsets[i + 1]].tobytes()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nashmoe._optional import pyplot
+
 __all__ = [
     "BENCHMARK_TASKS",
     "TABLE_METRICS",
@@ -445,13 +447,7 @@ def plot_tradeoff(
 ) -> None:
     """Accuracy vs disparity per method (mean ± std over seeds), one panel per task and
     disparity metric. Needs matplotlib (``pip install nashmoe[plot]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install nashmoe[plot]") from exc
+    plt = pyplot("the fairness plot")
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     markers = "osD^v<>P*X"

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from nashmoe._optional import require
+
 __all__ = [
     "Checkpoint",
     "find_checkpoint",
@@ -50,14 +52,8 @@ BEST_MODEL = "best_model.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _safetensors():
-    try:
-        import safetensors.torch as st
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "checkpoints need the safetensors package: pip install 'nashmoe[train]'"
-        ) from err
-    return st
+def _safetensors() -> Any:
+    return require("safetensors.torch", extra="train", purpose="checkpoints")
 
 
 def _fsync_dir(path: Path) -> None:

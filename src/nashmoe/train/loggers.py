@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from nashmoe._optional import require
+
 __all__ = ["CSVLogger", "MetricsLogger", "TensorBoardLogger", "read_metrics"]
 
 
@@ -70,14 +72,13 @@ class TensorBoardLogger:
     """Scalars to TensorBoard event files in ``log_dir``."""
 
     def __init__(self, log_dir: str | os.PathLike[str], *, purge_step: int | None = None) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ImportError(
-                "TensorBoard logging needs the tensorboard package: "
-                "pip install 'nashmoe[tensorboard]'"
-            ) from err
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        board = require(
+            "torch.utils.tensorboard",
+            extra="tensorboard",
+            purpose="TensorBoard logging",
+            package="tensorboard",
+        )
+        self.writer = board.SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float | int | None]) -> None:
         for k, v in metrics.items():

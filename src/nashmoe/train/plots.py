@@ -16,18 +16,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nashmoe._optional import pyplot
+
 __all__ = ["plot_alpha", "plot_loss_curves", "plot_similarity"]
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError("plots need matplotlib: pip install 'nashmoe[plot]'") from err
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _save(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` and free it (pyplot keeps every open figure alive)."""
+    if tight:
+        fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def _ema(values: Sequence[float], weight: float) -> list[float]:
@@ -53,7 +54,7 @@ def plot_loss_curves(
     path: str | os.PathLike[str],
 ) -> Path:
     """``metrics[method]`` is a list (one per seed) of ``read_metrics`` columns."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
     cmap = plt.get_cmap("tab10")
     for i, (method, runs) in enumerate(metrics.items()):
@@ -93,11 +94,7 @@ def plot_loss_curves(
     bx.set_xlim(lo - 0.15 * (hi - lo + 1e-9) - 0.5, hi + 0.05 * (hi - lo + 1e-9) + 0.1)
     bx.set_xlabel("test perplexity (best validation weights)")
     bx.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_alpha(
@@ -116,7 +113,7 @@ def plot_alpha(
             grids[method] = layers
     if not grids:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     n_layers = max(max(g) + 1 for g in grids.values())
     fig, axes = plt.subplots(
         len(grids),
@@ -146,11 +143,7 @@ def plot_alpha(
                 ax.set_xlabel("step", fontsize=8)
     axes[0][0].legend(fontsize=6, ncol=2)
     fig.suptitle("Nash weights per layer over training (α_i / Σ_j α_j)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_similarity(
@@ -163,7 +156,7 @@ def plot_similarity(
     items = {m: s for m, s in similarity.items() if s and s[0].get("matrices")}
     if not items:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -179,9 +172,7 @@ def plot_similarity(
     ax.set_title("similarity between expert outputs on validation tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
     fig, axes = plt.subplots(
         len(items),
@@ -204,6 +195,5 @@ def plot_similarity(
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
     fig.suptitle("expert-output cosine similarity matrices (first seed)", fontsize=10)
-    fig.savefig(path.with_name(path.stem + "_matrices.png"), dpi=100)
-    plt.close(fig)
+    _save(fig, path.with_name(path.stem + "_matrices.png"), dpi=100, tight=False)
     return path

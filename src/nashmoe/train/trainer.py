@@ -533,7 +533,6 @@ def _train(
                     best_file = None
             if metrics:
                 logger.log(done, metrics)
-            if metrics:
                 progress.update(
                     done,
                     loss=metrics.get("train/loss", float("nan")),
