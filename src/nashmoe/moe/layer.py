@@ -252,7 +252,9 @@ class MoEFeedForward(nn.Module):
     # ------------------------------------------------------------------ merging
     def _coefficients(self, scores: Tensor, dtype: torch.dtype) -> Tensor:
         if self.config.is_curved:
-            return (self.eta.to(torch.float32) * scores).to(dtype)
+            # η in its own (the parameters') dtype: a float32 cast would cost ~1e-7 in float64.
+            wide = torch.promote_types(self.eta.dtype, scores.dtype)
+            return (self.eta.to(wide) * scores.to(wide)).to(dtype)
         return scores.to(dtype)
 
     def _merge(self, part: _ParameterPart, coeff: Tensor) -> dict[str, Tensor]:
