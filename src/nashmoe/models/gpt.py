@@ -287,7 +287,19 @@ class GPT(nn.Module):
         cache: list[dict] | None = None,
         start_pos: int = 0,
     ) -> GPTOutput:
+        """Logits of ``idx [B, S]`` (and the loss when ``targets [B, S]`` are given).
+
+        An empty batch (B = 0) or an empty sequence (S = 0) gives empty logits ``[B, S, V]`` and
+        a zero auxiliary loss for every method. The mean cross-entropy of no tokens is undefined,
+        so ``targets`` with no element raise ``ValueError`` rather than return NaN.
+        """
         s = idx.shape[1]
+        if targets is not None and targets.numel() == 0:
+            raise ValueError(
+                f"targets of shape {tuple(targets.shape)} hold no token: the mean cross-entropy "
+                "of an empty batch or sequence is undefined (call without targets to get the "
+                "empty logits)"
+            )
         if start_pos + s > self.config.block_size:
             raise ValueError(
                 f"sequence of {start_pos + s} tokens exceeds block_size={self.config.block_size}"

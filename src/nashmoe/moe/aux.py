@@ -86,7 +86,8 @@ def switch_balance_loss(
 def router_z_loss(logits: Tensor) -> Tensor:
     """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    z = torch.logsumexp(logits, dim=-1).square()
+    return z.sum() / max(z.numel(), 1)  # 0 (not NaN) for no routing decisions
 
 
 def collect_aux(model: nn.Module) -> list[MoEAux]:

@@ -195,7 +195,9 @@ class MoEFeedForward(nn.Module):
             aux.state = state
         else:
             part = self._parameter_part(state)
-            if cache is not None:
+            if x.shape[0] == 0 or x.shape[1] == 0:  # no routing unit: nothing to merge
+                out, aux = self._forward_empty(x, part)
+            elif cache is not None:
                 out, aux = self._forward_cached(x, part, cache, start_pos)
             else:
                 out, aux = self._forward_merged(x, part, attention_mask)
@@ -302,6 +304,17 @@ class MoEFeedForward(nn.Module):
         aux = self._losses(logits, flat_scores, flat_scores.argmax(dim=-1, keepdim=True))
         self._fill_aux(aux, part)
         return out, aux
+
+    def _forward_empty(self, x: Tensor, part: _ParameterPart) -> tuple[Tensor, MoEAux]:
+        """Batch 0 or length 0: an empty output, zero losses, and the propagation state (it
+        depends on parameters only, so the next layer still gets its base expert)."""
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        zero = x.new_zeros((), dtype=torch.float32)
+        none = x.new_zeros(self.config.num_experts, dtype=torch.float32)
+        aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero, load=none, importance=none.clone())
+        self._fill_aux(aux, part)
+        return x.new_zeros(x.shape, dtype=dtype), aux
 
     def _fill_aux(self, aux: MoEAux, part: _ParameterPart) -> None:
         aux.state = part.next_state
