@@ -216,6 +216,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, state, cache=None, start_pos=0):
+        """``(x, state)``: the block's output and the propagation state for the next MoE block.
+
+        The state (a pytree: the propagated base expert and momentum) is an output of the block,
+        so that per-block FSDP sees the gradients flowing into it. The MoE diagnostics and the
+        auxiliary loss are read from ``self.ffn.last_aux``: returned as outputs, the loss would
+        make FSDP unshard every block as soon as the backward pass starts (its gradient is
+        ready first); its backward runs after the block's output gradient arrives anyway.
+        """
         x = x + self.dropout(self.attn(self.ln_1(x), None if cache is None else cache["attn"]))
         y, aux = self.ffn(
             self.ln_2(x),
@@ -224,7 +232,7 @@ class Block(nn.Module):
             cache=None if cache is None else cache.get("ffn"),
             start_pos=start_pos,
         )
-        return x + self.dropout(y), aux
+        return x + self.dropout(y), aux.state
 
 
 class GPT(nn.Module):
@@ -309,10 +317,9 @@ class GPT(nn.Module):
         state: PropagationState | None = None
         auxes: list[MoEAux] = []
         for i, block in enumerate(self.blocks):
-            x, aux = block(x, state, None if cache is None else cache[i], start_pos)
-            state = aux.state
+            x, state = block(x, state, None if cache is None else cache[i], start_pos)
             if block.ffn.config.method != "dense":
-                auxes.append(aux)
+                auxes.append(block.ffn.last_aux)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
