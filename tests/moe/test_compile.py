@@ -158,3 +158,32 @@ def test_nash_solve_op_matches_its_fake_implementation():
     gram = v @ v.T
     init = torch.zeros(4, dtype=torch.float64)
     torch.library.opcheck(_nash_solve_op, (gram, init, 20, 1e-9))
+
+
+def test_sequence_units_with_a_mask_compile_to_one_graph():
+    torch.manual_seed(0)
+    layer = MoEFeedForward(method="namex-full", d_model=8, d_ff=16, num_experts=3, unit="sequence")
+    x = torch.randn(3, 5, 8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    twin = copy.deepcopy(layer)
+    out_c = torch.compile(twin, backend=BACKEND, fullgraph=True)(x, attention_mask=mask)
+    torch.testing.assert_close(out_c, layer(x, attention_mask=mask), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_forward_never_synchronises_with_the_host(method):
+    """The training forward of the GPT (every MoE method) runs under
+    ``torch.cuda.set_sync_debug_mode("error")``: no ``.item()``, no data-dependent sizes."""
+    model = _tiny_gpt(method).cuda()
+    idx = torch.randint(0, 19, (2, 16), device="cuda")
+    model(idx, idx)  # warm-up (lazy CUDA initialisation may synchronise)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = model(idx, idx)
+        loss = out.loss + out.aux_loss
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    loss.backward()
