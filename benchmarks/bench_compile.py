@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench-compile"))
     args = p.parse_args(argv)
 
+    commit, load_at_start = _git_commit(), _load()  # at the start: the code that ran
     methods = [m for m in args.methods.split(",") if m]
     presets = [m for m in args.presets.split(",") if m]
     unknown = set(methods) - set(METHODS)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "commit": _git_commit(),
+        "commit": commit,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "inner": args.inner,
+        "load_at_start": load_at_start,
         "load_at_end": _load(),
     }
     path = args.out / "bench_compile.json"

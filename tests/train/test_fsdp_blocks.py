@@ -18,7 +18,7 @@ WORKER = Path(__file__).with_name("_fsdp_blocks.py")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["namex-full-mom", "ep-camex"])
+@pytest.mark.parametrize("method", ["namex-full-mom"])
 def test_per_block_fsdp_matches_one_process(tmp_path, method):
     out = tmp_path / "fsdp.pt"
     args = [
