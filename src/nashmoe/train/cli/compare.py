@@ -16,6 +16,7 @@ import shlex
 import sys
 from typing import Any
 
+from nashmoe._argtypes import positive_int
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
@@ -48,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,5,7); default 1"
     )
     parser.add_argument("--out", default="runs/compare", help="output directory")
-    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel processes")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, help="trainings in parallel processes"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="reuse finished runs in --out, resume the others"
     )

@@ -12,6 +12,7 @@ import json
 
 import torch
 
+from nashmoe._argtypes import positive_int
 from nashmoe.data import SPLITS, load_corpus
 from nashmoe.train.cli.common import USER_ERRORS, report_error
 from nashmoe.train.distributed import resolve_device
@@ -26,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", choices=WEIGHTS, default="best", help="best validation (default) or last"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="blocks per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="blocks per forward pass"
+    )
     parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")

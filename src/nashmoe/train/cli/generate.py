@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from nashmoe._argtypes import nonneg_float
 from nashmoe.train.cli.common import USER_ERRORS, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.restore import WEIGHTS, load_model
@@ -21,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per sample")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)"
+        "--temperature",
+        type=nonneg_float,
+        default=0.8,
+        help="sampling temperature (0: greedy; NaN and negative values are rejected)",
     )
     parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest")
     parser.add_argument("--samples", type=int, default=1)
