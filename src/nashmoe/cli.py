@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from nashmoe._version import __version__
@@ -57,7 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+        return int(module.run(args) or 0)
+
+
+def _one_line_warnings(command: str, default):
+    """A ``warnings.showwarning`` that prints nashmoe's own warnings (e.g. a damaged checkpoint
+    that was skipped) as ``nashmoe <command>: warning: ...`` and leaves the others alone."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("nashmoe."):
+            print(f"nashmoe {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

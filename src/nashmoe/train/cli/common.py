@@ -12,8 +12,9 @@ from nashmoe.data import CORPORA, TOKENIZERS
 from nashmoe.models import PRESETS
 from nashmoe.train.config import DTYPES, TrainConfig, parse_model_overrides
 
-#: Errors a user can fix (bad option, missing data file, missing extra): one line, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+#: Errors a user can fix (bad option, missing or unreadable data file, a damaged checkpoint, an
+#: unwritable or full output directory, a missing extra): one line, exit code 2.
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -126,6 +127,23 @@ def config_from_args(args: argparse.Namespace, **fields: Any) -> TrainConfig:
         dtype=args.dtype,
         **fields,
     )
+
+
+def check_output_file(path: str | os.PathLike[str], *, option: str) -> None:
+    """Check, before any work, that ``path`` can be written: its directory exists and is
+    writable, and ``path`` is not a directory.
+
+    Raises:
+        ValueError: naming ``option`` and the path.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a directory")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{option} {path}: the directory {parent} is not writable")
 
 
 def report_error(command: str, err: BaseException) -> int:

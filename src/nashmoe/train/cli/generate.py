@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -19,7 +20,12 @@ from nashmoe.train.restore import WEIGHTS, load_model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory or a checkpoint directory")
-    parser.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
+    parser.add_argument(
+        "--prompt",
+        default="\n",
+        help="text to continue (default a newline); printed whole, but a prompt longer than the "
+        "model's block size is cropped to its last block-size tokens as context (a note says so)",
+    )
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per sample")
     parser.add_argument(
         "--temperature",
@@ -39,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.tokens < 1:
             raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
-        if args.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
         if args.samples < 1:
@@ -55,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
             ids = [tok.eos_id]
         block = loaded.model_config.block_size
         if len(ids) > block:
-            ids = ids[-block:]
+            print(
+                f"nashmoe generate: note: the prompt is {len(ids)} tokens; the model sees only "
+                f"its last {block} (the block size)",
+                file=sys.stderr,
+            )
     except USER_ERRORS as err:
         return report_error("generate", err)
     gen = torch.Generator(device=device).manual_seed(args.seed)
