@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from nashmoe._version import __version__
+from nashmoe._warnings import NashmoeWarning
 
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     with warnings.catch_warnings():
+        warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
         warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
         return int(module.run(args) or 0)
 
@@ -68,7 +70,7 @@ def _one_line_warnings(command: str, default):
     that was skipped) as ``nashmoe <command>: warning: ...`` and leaves the others alone."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if category.__module__.startswith("nashmoe."):
+        if issubclass(category, NashmoeWarning):
             print(f"nashmoe {command}: warning: {message}", file=file or sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from nashmoe._optional import require
+from nashmoe._warnings import NashmoeWarning
 from nashmoe.train._process import pid_alive
 
 __all__ = [
@@ -77,7 +78,7 @@ class CheckpointError(ValueError):
     message names the file)."""
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(NashmoeWarning):
     """A damaged checkpoint was skipped for an older intact one."""
 
 

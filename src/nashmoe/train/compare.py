@@ -284,7 +284,7 @@ def compare(
         text += (
             " Diverged (left out of the table): "
             + "; ".join(
-                f"{d['method']} seed {d['seed']} at step {d['step']} ({d['what']} not finite)"
+                f"{d['method']} seed {d['seed']} at step {d['step']} (non-finite {d['what']})"
                 for d in diverged
             )
             + "."

@@ -22,7 +22,7 @@ class TrainingDiverged(RuntimeError):
 
     Attributes:
         step: the optimiser step (1-based) that produced the non-finite value.
-        what: e.g. ``"the training loss (nan)"``.
+        what: what was non-finite, e.g. ``"training loss (nan) and gradient norm (inf)"``.
         checkpoint: the last good checkpoint of the run (None when none was written).
     """
 
@@ -36,7 +36,7 @@ class TrainingDiverged(RuntimeError):
             else "no checkpoint had been written"
         )
         super().__init__(
-            f"training diverged at step {step}: {what} is not finite; {kept} (try a lower --lr, "
+            f"training diverged at step {step}: non-finite {what}; {kept} (try a lower --lr, "
             "a longer --warmup or --grad-clip)"
         )
 
@@ -70,7 +70,7 @@ def nonfinite_report(
     where = " on this rank" if ctx.distributed else ""  # another rank may be the culprit
     parts = []
     if bad_loss:
-        parts.append(f"the training loss ({float(loss):.6g}{where})")
+        parts.append(f"training loss ({float(loss):.6g}{where})")
     if bad_norm:
-        parts.append(f"the gradient norm ({float(norm):.6g}{where})")
+        parts.append(f"gradient norm ({float(norm):.6g}{where})")
     return " and ".join(parts)

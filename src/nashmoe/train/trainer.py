@@ -642,7 +642,7 @@ def _train(
                 timing["eval_time_s"] += time.perf_counter() - te
                 if not math.isfinite(last_valid["loss"]):
                     raise TrainingDiverged(
-                        done, f"the validation loss ({last_valid['loss']})", last_checkpoint
+                        done, f"validation loss ({last_valid['loss']})", last_checkpoint
                     )
                 metrics["val/loss"] = last_valid["loss"]
                 metrics["val/ppl"] = last_valid["ppl"]

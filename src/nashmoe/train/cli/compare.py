@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     for d in result.diverged:
         print(
             f"nashmoe compare: {d['method']} seed {d['seed']} diverged at step {d['step']} "
-            f"({d['what']} not finite); see {d['run_dir']}",
+            f"(non-finite {d['what']}); see {d['run_dir']}",
             file=sys.stderr,
         )
     return 1 if result.diverged else 0

@@ -84,13 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if args.allow_missing_optimizer and not args.resume:
             raise ValueError("--allow-missing-optimizer only applies with --resume")
         resolve_device(args.device)
-        if rank == 0:  # checked again under the run lock by train()
-            check_writable_dir(config.out_dir, option="--out")
-            if not args.resume and not args.overwrite and is_existing_run(config.out_dir):
-                raise RunDirError(
-                    f"--out {config.out_dir} already holds a run; pass --resume to continue it "
-                    "or --overwrite to replace it"
-                )
+        # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
             resume_checkpoint(
                 config,
@@ -98,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
                 required=True,
                 allow_missing_optimizer=args.allow_missing_optimizer,
             )
+        elif not args.overwrite and is_existing_run(config.out_dir):
+            raise RunDirError(
+                f"--out {config.out_dir} already holds a run; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        if rank == 0:
+            check_writable_dir(config.out_dir, option="--out")
         corpus = corpus_for(config)
     except USER_ERRORS as err:
         return report_error("train", err)
