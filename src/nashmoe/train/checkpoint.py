@@ -460,7 +460,7 @@ def verify_checkpoint(path: str | os.PathLike[str], *, need_optimizer: bool = Fa
     except (OSError, CheckpointError) as e:
         problems.append(str(e))
         state = {}
-    files: dict[str, Any] = {MODEL: None}
+    files: dict[str, Any] = {MODEL: None, OPTIMIZER: None}  # unless a manifest says more
     if (path / MANIFEST).exists():
         try:
             files = read_json(path / MANIFEST)["files"]
