@@ -27,20 +27,18 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     with pytest.raises(TrainingDiverged) as info:
         train(config, corpus=small_corpus)
     err = info.value
-    assert 1 <= err.step <= 20
+    assert 2 <= err.step <= 20  # (step 3 with these settings and seed)
     assert str(err).startswith(f"training diverged at step {err.step}: non-finite ")
     assert "training loss" in err.what or "gradient norm" in err.what
     run = tmp_path / "run"
     assert not (run / "result.json").exists()
-    if err.step > 1:  # the checkpoint of the step before is intact, finite and kept
-        assert err.checkpoint == run / "checkpoints" / f"step-{err.step - 1:08d}"
-        assert f"the last good checkpoint, {err.checkpoint}, is kept" in str(err)
-        ck = load_checkpoint(run, need_optimizer=True)
-        assert ck.step == err.step - 1
-        assert all(torch.isfinite(t).all() for t in ck.model_state().values())
-        assert step_dirs(run)[-1] == err.checkpoint.name
-    else:
-        assert err.checkpoint is None and "no checkpoint had been written" in str(err)
+    # the checkpoint of the step before is intact, finite and kept
+    assert err.checkpoint == run / "checkpoints" / f"step-{err.step - 1:08d}"
+    assert f"the last good checkpoint, {err.checkpoint}, is kept" in str(err)
+    ck = load_checkpoint(run, need_optimizer=True)
+    assert ck.step == err.step - 1
+    assert all(torch.isfinite(t).all() for t in ck.model_state().values())
+    assert step_dirs(run)[-1] == err.checkpoint.name
 
 
 def test_the_gradient_is_checked_with_clipping_on_too(tmp_path, small_corpus, monkeypatch):
