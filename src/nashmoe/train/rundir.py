@@ -64,7 +64,7 @@ def check_writable_dir(path: str | os.PathLike[str], *, option: str = "--out") -
         fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
         os.close(fd)
         probe.unlink()
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"{option} {path}: a parent of it is a file, not a directory") from None
     except OSError as e:
         raise RunDirError(f"{option} {path} is not writable: {e.strerror or e}") from None
