@@ -16,12 +16,12 @@ Commands (see also ``nashmoe train --help``)::
     nashmoe train --corpus shakespeare --preset tiny --method namex-full-mom --steps 2000
     nashmoe train --out runs/my-run --resume                  # continue after a crash
     nashmoe train --out runs/my-run --overwrite               # replace an earlier run
+    torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32 ...
 
 Safety: a run directory is locked (``run.lock``) while a run writes it; a new run over an
 existing one needs ``overwrite``, ``resume=True`` needs a checkpoint; a non-finite loss or
-gradient stops the run (:class:`~nashmoe.train.divergence.TrainingDiverged`) and keeps the last
-good checkpoint; checkpoints are verified when written and when resumed from.
-    torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32 ...
+gradient stops the run (:class:`~nashmoe.train.divergence.TrainingDiverged`) before the update
+and keeps the last good checkpoint; checkpoints are verified when written and when resumed from.
 """
 
 from __future__ import annotations
