@@ -237,3 +237,13 @@ def test_legacy_checkpoints_without_manifest_load_with_a_warning(two_checkpoints
     with pytest.warns(CheckpointWarning, match="has no manifest.json"):
         ck = load_checkpoint(run, need_optimizer=True)
     assert ck.step == 4 and ck.optimizer_state() is not None
+
+
+def test_pruning_after_a_fallback_keeps_older_and_drops_the_abandoned_newer(tmp_path):
+    state = {"w": torch.ones(2)}
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model_state=state, optimizer_state=None, state={}, keep=3)
+    # a run that fell back to step 1 (step 2 and 3 damaged) writes step 2 again
+    save_checkpoint(tmp_path, 2, model_state=state, optimizer_state=None, state={}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000001", "step-00000002"]
+    assert load_checkpoint(tmp_path).step == 2

@@ -387,6 +387,7 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}-{os.getpid()}"
     meta = dict(state)
     meta["step"] = int(step)
+    moved = False
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -403,6 +404,7 @@ def save_checkpoint(
             os.replace(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, final)
+        moved = True
         _fsync_dir(root)
         problems = verify_checkpoint(final, need_optimizer=optimizer_state is not None)
         if problems:
@@ -410,9 +412,12 @@ def save_checkpoint(
         write_json_atomic(root / POINTER, {"step": int(step), "dir": name})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(
-            e.errno, f"cannot write checkpoint {final}: {e.strerror or e}", e.filename
-        ) from e
+        if moved:  # renamed into place but never pointed at: not a checkpoint
+            shutil.rmtree(final, ignore_errors=True)
+        message = f"cannot write checkpoint {final}: {e.strerror or e}"
+        if e.errno is None:
+            raise OSError(message) from e
+        raise OSError(e.errno, message, e.filename) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -421,14 +426,18 @@ def save_checkpoint(
 
 
 def _prune(root: Path, *, keep: int, current: str) -> None:
-    """Delete step checkpoints beyond the newest ``keep`` (never ``current``) and the temporary
-    directories of this process or of dead processes (never another live writer's)."""
+    """Keep the newest ``keep`` step checkpoints up to ``current`` (which ``latest.json`` points
+    at); delete older ones, newer ones (left by an earlier attempt that was abandoned, e.g. a
+    damaged checkpoint the run fell back from), and the temporary directories of this process or
+    of dead processes (never another live writer's)."""
+    current_step = int(current.split("-")[1])
     steps = sorted(
         (int(m.group(1)), p.name)
         for p in root.iterdir()
         if p.is_dir() and (m := _STEP_DIR.match(p.name))
     )
-    keep_names = {n for _, n in steps[-keep:]} | {current}
+    keep_names = {n for s, n in steps if s <= current_step}
+    keep_names = set(sorted(keep_names)[-keep:]) | {current}
     for _, n in steps:
         if n not in keep_names:
             shutil.rmtree(root / n, ignore_errors=True)
