@@ -97,7 +97,7 @@ def prepare_run_dir(
         raise RunDirError("overwrite and resume exclude each other")
     if resume is True and not has_checkpoint(path):
         raise RunDirError(
-            f"--resume: nothing to resume in {path} (no checkpoints/{'latest.json'}); "
+            f"--resume: nothing to resume in {path} (no checkpoints/latest.json); "
             "start without --resume"
         )
     if overwrite:
