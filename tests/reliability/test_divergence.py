@@ -123,3 +123,41 @@ def test_cli_compare_writes_results_when_every_method_diverges(tmp_path, capsys)
     # --resume reuses the diverged records (the same settings diverge the same way)
     assert main([*argv, "--resume"]) == 1
     assert "DIVERGED" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_stops_and_a_locked_out_does_not_hang(tmp_path):
+    """DDP: the divergence check and the run-directory checks reach every rank (no rank is left
+    waiting in a collective)."""
+    import os
+    import subprocess
+    import sys
+
+    from nashmoe.train._process import hostname
+    from nashmoe.train.rundir import LOCK
+
+    run = tmp_path / "ddp"
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "nashmoe.cli", "train", "--method", "dense", "--out", str(run), *QUICK,
+            "--batch-size", "8"]  # fmt: skip
+    base[base.index("--steps") + 1] = "20"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    wild = ["--lr", "1e3", "--warmup", "0", "--grad-clip", "0", "--ckpt-interval", "1"]
+    proc = subprocess.run([*base, *wild], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("nashmoe train: error: training diverged at step ") == 2  # 2 ranks
+    step = load_checkpoint(run, need_optimizer=True).step
+    assert step >= 1 and f"step-{step:08d}, is kept" in proc.stderr
+    assert not (run / LOCK).exists()
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": hostname()}))
+        proc = subprocess.run([*base, "--overwrite"], capture_output=True, text=True, env=env,
+                              timeout=240)  # fmt: skip
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"in use by process {sleeper.pid}") == 2, proc.stderr[-3000:]
+    assert load_checkpoint(run, need_optimizer=True).step == step  # the old run untouched
