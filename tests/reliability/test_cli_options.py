@@ -51,7 +51,6 @@ from nashmoe.models import GPT, GPTConfig
         (["fair", "--dropout", "2"], "argument --dropout: must be in [0, 1], got '2'"),
         (["fair", "--epochs", "0"], "argument --epochs: must be a positive integer"),
         (["fair", "--jobs", "-1"], "argument --jobs: must be a positive integer"),
-        (["data", "--min-freq", "-2"], "argument --min-freq: must be a positive integer"),
     ],
 )  # fmt: skip
 def test_bad_numeric_options_are_parser_errors(capsys, argv, message):

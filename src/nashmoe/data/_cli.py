@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from nashmoe._argtypes import positive_int
 from nashmoe.data._corpus import CORPORA, SPLITS, TOKENIZERS, load_corpus
 
 __all__ = ["add_arguments", "run"]
@@ -20,10 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
     parser.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")
-    parser.add_argument(
-        "--min-freq", type=positive_int, default=None, help="word vocabulary cut-off"
-    )
-    parser.add_argument("--bpe-vocab-size", type=positive_int, default=None)
+    parser.add_argument("--min-freq", type=int, default=None, help="word vocabulary cut-off")
+    parser.add_argument("--bpe-vocab-size", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write corpus.info here")
 
 
