@@ -11,9 +11,9 @@ batched over images, with numpy, scipy and Pillow only (no OpenCV, scikit-image 
   ``cv2.GaussianBlur`` as correlations with reflect-101 borders, ``skimage.filters.gaussian`` as
   ``scipy.ndimage.gaussian_filter`` with mode ``nearest``, ``cv2.warpAffine`` as a bilinear inverse
   map, skimage's HSV round trip for ``brightness`` as the equivalent per-pixel rescaling).
-- **Substitutes** (the original ingredient cannot be had offline): ``motion_blur`` and the streaks of
-  ``snow`` used ImageMagick's ``MotionBlurImage`` through Wand; here the same kernel is rebuilt (a
-  one-sided Gaussian of width ``2⌈radius⌉ + 1`` along the blur angle, integer offsets rounded as
+- **Substitutes** (the original ingredient cannot be had offline): ``motion_blur`` and the streaks
+  of ``snow`` used ImageMagick's ``MotionBlurImage`` through Wand; here the same kernel is rebuilt
+  (a one-sided Gaussian of width ``2⌈radius⌉ + 1`` along the blur angle, integer offsets rounded as
   ImageMagick does, edge pixels repeated) but it is not bit-identical to ImageMagick. ``frost``
   blended six frost photographs shipped with the original code; here five procedural ice
   textures (ridged multi-octave noise tinted blue-white, a fixed seed) stand in for them, so frost
@@ -167,9 +167,9 @@ def _zoom_matrix(size: int, factor: float) -> np.ndarray:
     """``[size, size]`` matrix of a clipped zoom along one axis: crop the centre ``⌈size/factor⌉``
     pixels, resize them by ``factor`` with linear interpolation (``scipy.ndimage.zoom``, order 1,
     corner-aligned grid: output shape ``round(crop · factor)``), keep the centre ``size`` pixels."""
-    crop = int(math.ceil(size / factor))
+    crop = math.ceil(size / factor)
     top = (size - crop) // 2
-    out = int(round(crop * factor))
+    out = round(crop * factor)
     coords = np.arange(out) * ((crop - 1) / (out - 1) if out > 1 else 0.0)
     trim = (out - size) // 2
     coords = coords[trim : trim + size]
@@ -356,7 +356,7 @@ def _glass_blur(images, s, rng):
     # and what is done here (vectorised).
     sigma, delta, iterations = GLASS_BLUR[s]
     x = _to_uint8(_gaussian(_unit(images), sigma))
-    b, h, w = x.shape[:3]
+    b, h = x.shape[:2]
     inner = np.arange(delta + 1, h - delta + 1)  # rows / cols 32 − δ … δ + 1
     bi = np.arange(b)[:, None, None]
     for _ in range(iterations):
