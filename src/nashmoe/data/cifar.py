@@ -23,7 +23,7 @@ import numpy as np
 from nashmoe._optional import require
 from nashmoe._paths import data_file
 
-__all__ = ["CACHE_ENV_VAR", "CifarData", "default_cache_dir", "load_cifar10"]
+__all__ = ["CACHE_ENV_VAR", "CifarData", "cifar10_labels", "default_cache_dir", "load_cifar10"]
 
 CACHE_ENV_VAR = "NASHMOE_CACHE"
 
@@ -68,6 +68,18 @@ def _decode_jpegs(jpeg: np.ndarray, offsets: np.ndarray, indices: np.ndarray) ->
     return out
 
 
+def cifar10_labels(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None):
+    """The int64 labels of ``cifar10/{split}.npz`` (no decoding)."""
+    _check_split(split)
+    with np.load(data_file(f"cifar10/{split}.npz", data_dir)) as npz:
+        return npz["y"].astype(np.int64)
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
 def load_cifar10(
     split: str = "train",
     *,
@@ -75,6 +87,7 @@ def load_cifar10(
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     limit: int | None = None,
+    indices: np.ndarray | None = None,
 ) -> CifarData:
     """Decode ``cifar10/{split}.npz`` into a uint8 array.
 
@@ -85,27 +98,38 @@ def load_cifar10(
         cache_dir: where the decoded array is cached (else :func:`default_cache_dir`).
         use_cache: read / write the cache; a full decode takes ~10-20 s.
         limit: decode only the first ``limit`` images (never cached), e.g. for tests.
+        indices: only these images, in this order (taken from the cache when it exists, else
+            decoded one by one; never writes the cache). Not together with ``limit``.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_split(split)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
+    if limit is not None and indices is not None:
+        raise ValueError("pass limit or indices, not both")
     path = data_file(f"cifar10/{split}.npz", data_dir)
     with np.load(path) as npz:
         labels = npz["y"].astype(np.int64)
         classes = tuple(str(c) for c in npz["classes"])
         n = len(labels)
-        n_use = n if limit is None else min(limit, n)
-        indices = np.arange(n_use, dtype=np.int64)
+        if indices is not None:
+            indices = np.asarray(indices, dtype=np.int64)
+            if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= n)):
+                raise ValueError(f"indices must be a 1-D array of positions in [0, {n})")
+        else:
+            indices = np.arange(n if limit is None else min(limit, n), dtype=np.int64)
         cache = None
         if use_cache and limit is None:
             stat = path.stat()
             root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
             cache = root / f"cifar10-{split}-{n}-{stat.st_size}.npy"
             if cache.exists():
-                images = np.load(cache)
+                images = np.load(cache, mmap_mode="r")
                 if images.shape == (n, 32, 32, 3) and images.dtype == np.uint8:
-                    return CifarData(images, labels, classes, indices)
+                    return CifarData(
+                        np.ascontiguousarray(images[indices]), labels[indices], classes, indices
+                    )
+            if len(indices) != n:
+                cache = None  # a partial decode is never cached
         offsets = npz["offsets"]
         if len(offsets) != n + 1:
             raise ValueError(f"{path}: {len(offsets)} offsets for {n} labels (want N + 1)")
@@ -115,4 +139,4 @@ def load_cifar10(
         tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, images)
         tmp.replace(cache)
-    return CifarData(images, labels[:n_use], classes, indices)
+    return CifarData(images, labels[indices], classes, indices)
