@@ -148,41 +148,45 @@ def corrupted_test_set(
     images: np.ndarray,
     corruptions: Sequence[str] = CORRUPTIONS,
     *,
+    severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     progress: Progress | None = None,
-) -> dict[str, np.ndarray]:
-    """``{name: uint8 [5, N, 32, 32, 3]}``: ``images`` under every severity of each corruption.
+) -> dict[str, list[np.ndarray]]:
+    """``{name: [uint8 [N, 32, 32, 3] per severity]}``: ``images`` under each severity of each
+    corruption.
 
-    Cached as ``.npy`` files keyed by the images' hash, the seed and
+    Cached as one ``.npy`` per corruption and severity, keyed by the images' hash, the seed and
     :data:`CORRUPTION_SET_VERSION`; cached files are memory-mapped (read-only), which lets
     parallel workers share one copy.
     """
     images = np.ascontiguousarray(images)
     key = hashlib.sha256(images.tobytes()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, list[np.ndarray]] = {}
     for name in corruptions:
-        path = root / f"cifar10c-v{CORRUPTION_SET_VERSION}-{key}-seed{seed}-{name}.npy"
-        if use_cache and path.exists():
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape == (len(SEVERITIES), *images.shape) and arr.dtype == np.uint8:
-                out[name] = arr
-                if progress:
-                    progress(len(SEVERITIES) * len(images))
-                continue
-        arr = np.empty((len(SEVERITIES), *images.shape), dtype=np.uint8)
-        for i, severity in enumerate(SEVERITIES):
-            arr[i] = corrupt(images, name, severity, seed=seed)
+        parts = []
+        for severity in severities:
+            path = (
+                root / f"cifar10c-v{CORRUPTION_SET_VERSION}-{key}-seed{seed}-{name}-{severity}.npy"
+            )
+            arr = None
+            if use_cache and path.exists():
+                arr = np.load(path, mmap_mode="r")
+                if arr.shape != images.shape or arr.dtype != np.uint8:
+                    arr = None
+            if arr is None:
+                arr = corrupt(images, name, severity, seed=seed)
+                if use_cache:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+                    np.save(tmp, arr)
+                    tmp.replace(path)
+            parts.append(arr)
             if progress:
                 progress(len(images))
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr)
-            tmp.replace(path)
-        out[name] = arr
+        out[name] = parts
     return out
 
 
@@ -221,7 +225,7 @@ def evaluate_accuracy(
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))
+        x = to_input(torch.from_numpy(np.array(images[start : start + batch_size])))  # copy: mmaps
         pred = model(x).logits.argmax(dim=-1).numpy()
         correct += int((pred == labels[start : start + batch_size]).sum())
         if progress:
@@ -290,11 +294,12 @@ def train_model(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             step += 1
-            loss_sum += float(loss) * len(yb)
-            aux_sum += float(out.aux_loss) * len(yb)
-            correct += int((out.logits.argmax(-1) == yb).sum())
-            if not math.isfinite(float(loss)):
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(f"{config.method}: non-finite loss at step {step}")
+            loss_sum += loss_value * len(yb)
+            aux_sum += out.aux_loss.item() * len(yb)
+            correct += int((out.logits.detach().argmax(-1) == yb).sum())
             if progress:
                 progress(len(yb))
         seconds = time.perf_counter() - t0
@@ -335,13 +340,16 @@ def train_model(
 def run_one(
     config: ViTConfig,
     data: ExperimentData,
-    corrupted: dict[str, np.ndarray],
+    corrupted: dict[str, list[np.ndarray]],
     settings: TrainSettings,
     *,
     seed: int,
+    severities: Sequence[int] = SEVERITIES,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train one method with one seed; clean and corrupted test accuracy (JSON-ready)."""
+    """Train one method with one seed; clean and corrupted test accuracy (JSON-ready).
+
+    ``corrupted`` is :func:`corrupted_test_set` of ``data.test_x`` for ``severities``."""
     t_start = time.perf_counter()
     model, fit = train_model(config, data, settings, seed=seed, progress=progress)
     t0 = time.perf_counter()
@@ -351,17 +359,18 @@ def run_one(
     for name, sets in corrupted.items():
         by_corruption[name] = [
             evaluate_accuracy(model, sets[i], data.test_y, batch_size=bs, progress=progress)
-            for i in range(len(SEVERITIES))
+            for i in range(len(sets))
         ]
     eval_seconds = time.perf_counter() - t0
-    n_eval = len(data.test_y) * (1 + len(SEVERITIES) * len(corrupted))
-    grid = np.array(list(by_corruption.values())) if by_corruption else np.zeros((0, 5))
+    n_eval = len(data.test_y) * (1 + sum(len(v) for v in corrupted.values()))
+    grid = np.array(list(by_corruption.values())) if by_corruption else np.zeros((0, 0))
     return {
         "method": config.method,
         "seed": seed,
         "clean_accuracy": clean,
         "corruption_accuracy": by_corruption,
         "mean_corruption_accuracy": float(grid.mean()) if grid.size else None,
+        "severities": list(severities),
         "severity_accuracy": grid.mean(axis=0).tolist() if grid.size else None,
         "selected_epoch": fit["selected_epoch"],
         "best_val_accuracy": max(
