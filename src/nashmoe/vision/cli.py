@@ -517,36 +517,49 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     return 0
 
 
+_WORKER_QUEUE: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+
+
+def _run_queued(task: dict[str, Any]) -> dict[str, Any]:
+    return _run_task(task, _WORKER_QUEUE)
+
+
 def _run_parallel(jobs: int, plan: dict[str, Any], todo: list, bar: _Bar, finish) -> None:
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
-    with ctx.Manager() as manager:
-        q = manager.Queue()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            pending = {}
-            for method, seed, key, path in todo:
-                task = {
-                    "method": method,
-                    "seed": seed,
-                    "config": plan["configs"][method],
-                    "settings": key["settings"],
-                    "data": plan["data"],
-                    "corruptions": plan["corruptions"],
-                    "severities": plan["severities"],
-                    "corruption_seed": plan["corruption_seed"],
-                    "threads": plan["threads"],
-                }
-                pending[pool.submit(_run_task, task, q)] = (method, seed, key, path)
-            while pending:
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        bar.update(q.get_nowait())
-                    except queue_mod.Empty:
-                        break
-                for fut in done:
-                    method, seed, key, path = pending.pop(fut)
-                    finish(method, seed, key, path, fut.result())
+    q = ctx.Queue()  # progress: images done, handed to the workers when they start
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
+    ) as pool:
+        pending = {}
+        for method, seed, key, path in todo:
+            task = {
+                "method": method,
+                "seed": seed,
+                "config": plan["configs"][method],
+                "settings": key["settings"],
+                "data": plan["data"],
+                "corruptions": plan["corruptions"],
+                "severities": plan["severities"],
+                "corruption_seed": plan["corruption_seed"],
+                "threads": plan["threads"],
+            }
+            pending[pool.submit(_run_queued, task)] = (method, seed, key, path)
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    bar.update(q.get_nowait())
+                except queue_mod.Empty:
+                    break
+            for fut in done:
+                method, seed, key, path = pending.pop(fut)
+                finish(method, seed, key, path, fut.result())
