@@ -134,8 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--weight-decay", type=_nonneg_float, default=0.05, help="AdamW weight decay")
     add("--no-augment", action="store_true", help="no random crop / flip")
     add("--depth", type=_positive_int, default=6, help="transformer blocks")
-    add("--d-model", type=_positive_int, default=96, help="model width")
-    add("--d-ff", type=_positive_int, default=192, help="expert (FFN) width")
+    add("--d-model", type=_positive_int, default=64, help="model width")
+    add("--d-ff", type=_positive_int, default=128, help="expert (FFN) width")
     add("--heads", type=_positive_int, default=4, help="attention heads")
     add("--patch-size", type=_positive_int, default=4, help="patch size (divides 32)")
     add(

@@ -271,10 +271,10 @@ def train_model(
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     step = 0
-    train_seconds = 0.0
+    train_seconds = train_cpu = 0.0
     for epoch in range(settings.epochs):
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = torch.randperm(n, generator=gen)
         loss_sum = aux_sum = 0.0
         correct = 0
@@ -304,6 +304,7 @@ def train_model(
                 progress(len(yb))
         seconds = time.perf_counter() - t0
         train_seconds += seconds
+        train_cpu += time.process_time() - c0
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / n,
@@ -334,6 +335,7 @@ def train_model(
         "selected_epoch": selected,
         "train_seconds": train_seconds,
         "train_images_per_s": settings.epochs * n / train_seconds if train_seconds else None,
+        "train_cpu_seconds": train_cpu,
     }
 
 
@@ -352,7 +354,7 @@ def run_one(
     ``corrupted`` is :func:`corrupted_test_set` of ``data.test_x`` for ``severities``."""
     t_start = time.perf_counter()
     model, fit = train_model(config, data, settings, seed=seed, progress=progress)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bs = settings.eval_batch_size
     clean = evaluate_accuracy(model, data.test_x, data.test_y, batch_size=bs, progress=progress)
     by_corruption: dict[str, list[float]] = {}
@@ -362,6 +364,7 @@ def run_one(
             for i in range(len(sets))
         ]
     eval_seconds = time.perf_counter() - t0
+    eval_cpu = time.process_time() - c0
     n_eval = len(data.test_y) * (1 + sum(len(v) for v in corrupted.values()))
     grid = np.array(list(by_corruption.values())) if by_corruption else np.zeros((0, 0))
     return {
@@ -382,6 +385,14 @@ def run_one(
         "train_images_per_s": fit["train_images_per_s"],
         "eval_seconds": eval_seconds,
         "eval_images_per_s": n_eval / eval_seconds if eval_seconds else None,
+        # process CPU time: with one thread per run, the speed a run gets from a whole core
+        # (what to size a budget by on a shared machine)
+        "train_cpu_seconds": fit["train_cpu_seconds"],
+        "eval_cpu_seconds": eval_cpu,
+        "train_images_per_cpu_s": settings.epochs * len(data.train_y) / fit["train_cpu_seconds"]
+        if fit["train_cpu_seconds"]
+        else None,
+        "eval_images_per_cpu_s": n_eval / eval_cpu if eval_cpu else None,
         "seconds": time.perf_counter() - t_start,
         "threads": torch.get_num_threads(),
         "config": config.to_dict(),

@@ -52,8 +52,8 @@ class ViTConfig:
     num_classes: int = 10
     depth: int = 6
     n_head: int = 4
-    d_model: int = 96
-    d_ff: int = 192
+    d_model: int = 64
+    d_ff: int = 128
     dropout: float = 0.0
     pool: str = "mean"
     moe_every: int = 1
