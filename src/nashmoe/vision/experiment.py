@@ -136,12 +136,14 @@ def load_experiment_data(
 
 
 def _images(split: str, indices: np.ndarray, data_dir, cache_dir) -> np.ndarray:
-    """The images at ``indices``: from the full decode (cached on disk) when at least half the
-    split is needed or the cache exists, else decoded one by one (small test budgets)."""
-    labels = cifar10_labels(split, data_dir=data_dir)
-    if 2 * len(indices) >= len(labels):
-        return load_cifar10(split, data_dir=data_dir, cache_dir=cache_dir).images[indices]
-    return load_cifar10(split, data_dir=data_dir, cache_dir=cache_dir, indices=indices).images
+    """The images at ``indices``: decoded one by one for small subsets (tests, smoke runs), else
+    from the full decode, which is cached on disk and shared by later runs and workers."""
+    if len(indices) < _SMALL_SUBSET:
+        return load_cifar10(split, data_dir=data_dir, cache_dir=cache_dir, indices=indices).images
+    return load_cifar10(split, data_dir=data_dir, cache_dir=cache_dir).images[indices]
+
+
+_SMALL_SUBSET = 3000
 
 
 def corrupted_test_set(
