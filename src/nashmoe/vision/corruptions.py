@@ -19,6 +19,9 @@ batched over images, with numpy, scipy and Pillow only (no OpenCV, scikit-image 
   textures (ridged multi-octave noise tinted blue-white, a fixed seed) stand in for them, so frost
   errors are *not* comparable with published CIFAR-10-C numbers.
 
+As published, severities are not all monotone in pixel change: ``elastic_transform``'s severity 1
+has the largest affine jitter and no elastic field, so its mean pixel change falls with severity.
+
 Results are converted back to uint8 by truncation, as the published script does (``np.uint8`` of a
 float array). :func:`corrupt` is deterministic for a given ``seed``: the random stream is seeded by
 ``(seed, corruption index, severity)``, so corruptions and severities get independent streams.
