@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nashmoe._argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+
 __all__ = ["DEFAULT_METHODS", "add_arguments", "run"]
 
 DEFAULT_METHODS = (
@@ -34,46 +36,6 @@ DEFAULT_METHODS = (
     "namex-mom",
     "namex-full-mom",
 )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -103,24 +65,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ")",
     )
     add("--seeds", default="1", help="a count (3 → seeds 0,1,2) or a comma list (0,4,7)")
-    add("--epochs", type=_positive_int, default=10, help="training epochs")
+    add("--epochs", type=positive_int, default=10, help="training epochs")
     add(
         "--train-limit",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="train on a class-stratified subset of this many images (default: all 49,000 "
         "not in the validation split)",
     )
     add(
         "--val-size",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=1000,
         help="validation images carved from the train set, used to pick the epoch (0: keep "
         "the last epoch); the test set is never used for selection",
     )
     add(
         "--test-limit",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="score a fixed class-stratified subsample of this many test images (default: "
         "all 10,000); the same images for every method and seed",
@@ -129,36 +91,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--severities", default="1,2,3,4,5", help="comma list of severities in 1..5")
     add(
         "--corruption-seed",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=0,
         help="seed of the corrupted test set (fixed across runs)",
     )
-    add("--batch-size", type=_positive_int, default=128, help="training batch size")
-    add("--eval-batch-size", type=_positive_int, default=500, help="evaluation batch size")
-    add("--lr", type=_positive_float, default=1e-3, help="AdamW peak learning rate")
-    add("--weight-decay", type=_nonneg_float, default=0.05, help="AdamW weight decay")
+    add("--batch-size", type=positive_int, default=128, help="training batch size")
+    add("--eval-batch-size", type=positive_int, default=500, help="evaluation batch size")
+    add("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate")
+    add("--weight-decay", type=nonneg_float, default=0.05, help="AdamW weight decay")
     add("--no-augment", action="store_true", help="no random crop / flip")
-    add("--depth", type=_positive_int, default=6, help="transformer blocks")
-    add("--d-model", type=_positive_int, default=64, help="model width")
-    add("--d-ff", type=_positive_int, default=128, help="expert (FFN) width")
-    add("--heads", type=_positive_int, default=4, help="attention heads")
-    add("--patch-size", type=_positive_int, default=4, help="patch size (divides 32)")
+    add("--depth", type=positive_int, default=6, help="transformer blocks")
+    add("--d-model", type=positive_int, default=64, help="model width")
+    add("--d-ff", type=positive_int, default=128, help="expert (FFN) width")
+    add("--heads", type=positive_int, default=4, help="attention heads")
+    add("--patch-size", type=positive_int, default=4, help="patch size (divides 32)")
     add(
         "--pool",
         choices=["mean", "cls"],
         default="mean",
         help="mean of patch tokens or a class token",
     )
-    add("--moe-every", type=_positive_int, default=1, help="every k-th block is an MoE block")
-    add("--num-experts", type=_positive_int, default=4, help="experts per MoE block")
-    add("--top-k", type=_positive_int, default=2, help="experts per token (smoe)")
+    add("--moe-every", type=positive_int, default=1, help="every k-th block is an MoE block")
+    add("--num-experts", type=positive_int, default=4, help="experts per MoE block")
+    add("--top-k", type=positive_int, default=2, help="experts per token (smoe)")
     add(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="torch threads per run (default: torch's choice, or cores / jobs with --jobs)",
     )
-    add("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
+    add("--jobs", type=positive_int, default=1, help="runs in parallel processes")
     add("--data-dir", default=None, help="data folder with cifar10/ (else $NASHMOE_DATA)")
     add(
         "--cache-dir",
