@@ -375,7 +375,7 @@ def test_bad_inputs_raise() -> None:
         aggregator(torch.ones(2, 4))
 
 
-def test_import_without_torchjd_names_the_extra() -> None:
+def test_import_without_torchjd_names_the_extra_and_no_cvxpy_needed() -> None:
     code = (
         "import sys\n"
         "sys.modules['torchjd'] = None\n"
@@ -384,6 +384,11 @@ def test_import_without_torchjd_names_the_extra() -> None:
         "    import nashmoe.bargaining.torchjd\n"
         "except ImportError as err:\n"
         "    print(err)\n"
+        "del sys.modules['torchjd']\n"
+        "sys.modules['cvxpy'] = sys.modules['ecos'] = None\n"
+        "import torch\n"
+        "from nashmoe.bargaining.torchjd import NashMTL\n"
+        "print('norm', round(float(NashMTL()(torch.eye(3)).norm()), 5))\n"
     )
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -391,3 +396,4 @@ def test_import_without_torchjd_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert "pip install 'nashmoe[torchjd]'" in out.stdout, out.stdout + out.stderr
+    assert "norm 1.0" in out.stdout, out.stdout + out.stderr
