@@ -12,7 +12,8 @@ Papers:
 """
 
 from nashmoe.moe.analysis import capture_moe_inputs, expert_output_similarity
-from nashmoe.moe.aux import MoEAux, collect_aux, router_z_loss, switch_balance_loss
+from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
+from nashmoe.moe.chain import PropagationChain, collect_aux, link_moe_layers
 from nashmoe.moe.config import (
     MERGING_METHODS,
     METHODS,
@@ -24,7 +25,7 @@ from nashmoe.moe.config import (
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.layer import MoEFeedForward, SegmentCache
 from nashmoe.moe.layout import ExpertLayout
-from nashmoe.moe.state import PropagationChain, PropagationState, link_moe_layers
+from nashmoe.moe.state import PropagationState
 
 __all__ = [
     "MERGING_METHODS",
