@@ -11,6 +11,7 @@ Papers:
 - Router z-loss: Zoph et al., "ST-MoE", arXiv 2202.08906.
 """
 
+from nashmoe.moe.adapter import MoEMLP
 from nashmoe.moe.analysis import capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
 from nashmoe.moe.chain import PropagationChain, collect_aux, link_moe_layers
@@ -38,6 +39,7 @@ __all__ = [
     "MoEAux",
     "MoEConfig",
     "MoEFeedForward",
+    "MoEMLP",
     "PropagationChain",
     "PropagationState",
     "SegmentCache",
