@@ -353,23 +353,24 @@ def _two_layers(method="namex-full-mom"):
 
 
 @pytest.mark.parametrize("method", ["ep-camex", "namex-full-mom"])
-def test_state_follows_the_dtype_of_the_layer_it_enters(method):
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_state_follows_the_dtype_of_the_layer_it_enters(method, dtypes):
     first, second = _two_layers(method)
-    second.double()
+    first.to(dtypes[0])
+    second.to(dtypes[1])
     x = torch.randn(2, 8, 8)
-    _, aux = first(x, state=None, return_aux=True)
-    out, aux2 = second(x.double(), state=aux.state, return_aux=True)
-    assert out.dtype == torch.float64
-    assert all(t.dtype == torch.float64 for t in aux2.state.base.values())
+    _, aux = first(x.to(dtypes[0]), state=None, return_aux=True)
+    out, aux2 = second(x.to(dtypes[1]), state=aux.state, return_aux=True)
+    assert out.dtype == dtypes[1]
+    assert all(t.dtype == dtypes[1] for t in aux2.state.base.values())
     if aux2.state.momentum_re is not None:
-        assert all(t.dtype == torch.float64 for t in aux2.state.momentum_re.values())
-    # the same as handing over a converted state by hand, and differentiable back to E_m^(1)
-    moved = {k: v.double() for k, v in aux.state.base.items()}
-    converted = replace(aux.state, base=moved)
+        assert all(t.dtype == dtypes[1] for t in aux2.state.momentum_re.values())
+    # the same as handing over a converted state by hand, and differentiable back to layer 1
+    converted = replace(aux.state, base={k: v.to(dtypes[1]) for k, v in aux.state.base.items()})
     if aux.state.momentum_re is not None:
-        converted.momentum_re = {k: v.double() for k, v in aux.state.momentum_re.items()}
-        converted.momentum_im = {k: v.double() for k, v in aux.state.momentum_im.items()}
-    torch.testing.assert_close(second(x.double(), state=converted), out)
+        converted.momentum_re = {k: v.to(dtypes[1]) for k, v in aux.state.momentum_re.items()}
+        converted.momentum_im = {k: v.to(dtypes[1]) for k, v in aux.state.momentum_im.items()}
+    torch.testing.assert_close(second(x.to(dtypes[1]), state=converted), out)
     out.sum().backward()
     assert first.w_in.grad is not None and first.w_in.grad.abs().sum() > 0
 
