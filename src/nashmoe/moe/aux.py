@@ -44,7 +44,8 @@ class MoEAux:
         not_converged: 1 if this layer's solve hit ``nash_max_iter`` without converging.
         eta: the merge step η of this layer (CAMEx family), else None.
         state: the propagation state for the next MoE layer (None for non-propagating methods
-            unless a state was passed through).
+            unless a state was passed through, and after the last propagating layer, which
+            skips its step).
     """
 
     loss: Tensor

@@ -75,7 +75,6 @@ class PropagationChain:
         self.decoding_start: int | None = None
         self._records: dict[int, _Record] = {}
         self._segment_caches: dict[int, SegmentCache] = {}
-        self._index: dict[int, int] = {}
         self._last_flags: list[tuple[MoEFeedForward, bool]] = []
         self._handle = None
 
@@ -99,7 +98,6 @@ class PropagationChain:
             layer.last_in_chain = previous
         self._last_flags = []
         self.layers = []
-        self._index = {}
         self.clear()
         if self._handle is not None:
             self._handle.remove()
@@ -108,7 +106,7 @@ class PropagationChain:
     # ------------------------------------------------------------------ called by the layers
     def incoming(self, layer: MoEFeedForward, recompute: bool) -> PropagationState | None:
         """The state ``layer`` receives (see the class docstring)."""
-        i = self._index[id(layer)]
+        i = layer._chain_index
         record = self._records.get(i)
         if recompute:
             if record is None:
@@ -142,7 +140,7 @@ class PropagationChain:
             return None, 0
         if cfg.unit == "token" or (cfg.unit != "segment" and start == 0):
             return None, 0
-        i = self._index[id(layer)]
+        i = layer._chain_index
         if start == 0 or i not in self._segment_caches:
             self._segment_caches[i] = SegmentCache()
         return self._segment_caches[i], start
@@ -236,8 +234,7 @@ def link_moe_layers(model: nn.Module) -> PropagationChain:
             raise ValueError("a layer of this model is already linked to a chain; unlink it first")
     chain = PropagationChain()
     for i, layer in enumerate(layers):
-        layer._chain = chain
-        chain._index[id(layer)] = i
+        layer._chain, layer._chain_index = chain, i
     chain.layers = layers
     if propagating:
         last = propagating[-1]

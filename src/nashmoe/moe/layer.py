@@ -132,6 +132,7 @@ class MoEFeedForward(nn.Module):
         self.last_aux: MoEAux | None = None
         self.last_in_chain = False
         self._chain: PropagationChain | None = None
+        self._chain_index = 0  # position in the chain
         # (α, residual, status) of the last solve, reused when checkpointing recomputes the layer
         self._solve_record: tuple[Tensor, Tensor | None, Tensor | None] | None = None
         self._inference_cache = InferenceCache()
@@ -571,9 +572,10 @@ class MoEFeedForward(nn.Module):
 def _in_backward() -> bool:
     """Whether autograd is running a backward pass on this thread: activation checkpointing
     (reentrant or not) recomputes a layer's forward there."""
-    if torch.compiler.is_compiling():
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    if task is None or torch.compiler.is_compiling():
         return False
-    return torch._C._current_graph_task_id() != -1
+    return task() != -1
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
