@@ -135,3 +135,18 @@ def test_cached_decoding_on_new_tokens_is_exact(method, arch):
                 past = out.past_key_values
             reference = model(input_ids=seq).logits
         torch.testing.assert_close(torch.cat(steps, dim=1), reference, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_decoding_reads_a_positional_cache_argument():
+    """``model(input_ids, past)`` (GPT-2's second positional parameter is the cache)."""
+    model = _model("namex-full-mom", "gpt2").eval()
+    seq = torch.randint(1, VOCAB, (2, 9))
+    with torch.no_grad():
+        out = model(seq[:, :5], None, use_cache=True)
+        steps, past = [out.logits], out.past_key_values
+        for t in range(5, 9):
+            out = model(seq[:, t : t + 1], past, use_cache=True)
+            steps.append(out.logits)
+            past = out.past_key_values
+        reference = model(seq).logits
+    torch.testing.assert_close(torch.cat(steps, dim=1), reference, rtol=1e-4, atol=1e-6)

@@ -21,6 +21,7 @@ it), together with :func:`collect_aux`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +169,12 @@ class PropagationChain:
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self.reset()
+        if len(args) > 1:  # e.g. model(input_ids, past_key_values): name the positional ones
+            try:
+                bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+                kwargs = {**bound.arguments, **bound.arguments.get("kwargs", {})}
+            except (TypeError, ValueError):
+                pass
         self.decoding_start = _decoding_start(kwargs)
 
 

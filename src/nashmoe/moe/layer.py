@@ -362,6 +362,7 @@ class MoEFeedForward(nn.Module):
             parameter_key(self, exclude_buffers=("alpha_prev",)),
             None if incoming is None else incoming.key,
             torch.is_autocast_enabled(),
+            self.last_in_chain,
         )
         part = self._inference_cache.get(key)
         if part is None:
