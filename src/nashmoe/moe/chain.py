@@ -61,6 +61,8 @@ class PropagationChain:
     every forward pass until the parameters change (several forward passes before one backward
     are fine). The records hold references to the states of the last pass (one base, and the
     momentum buffers, per layer) until the next pass replaces them; ``clear()`` drops them.
+    Rebuilding reads the parameters of the earlier layers, so with sharded parameters (FSDP)
+    use non-reentrant checkpointing, which never rebuilds.
 
     Attributes:
         state: the state handed to the next layer in the current forward pass.
