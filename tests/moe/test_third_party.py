@@ -137,12 +137,16 @@ def test_cached_decoding_on_new_tokens_is_exact(method, arch):
         torch.testing.assert_close(torch.cat(steps, dim=1), reference, rtol=1e-4, atol=1e-6)
 
 
-def test_cached_decoding_reads_a_positional_cache_argument():
-    """``model(input_ids, past)`` (GPT-2's second positional parameter is the cache)."""
+def test_cached_decoding_with_the_model_defaults_and_a_positional_cache():
+    """A plain prompt call (transformers builds a cache by ``config.use_cache``), then
+    ``model(input_ids, past)`` (GPT-2's second positional parameter is the cache)."""
     model = _model("namex-full-mom", "gpt2").eval()
     seq = torch.randint(1, VOCAB, (2, 9))
+    out = model(seq[:, :5])  # with gradients: an ordinary pass, no decoding state is kept
+    with pytest.raises(ValueError, match="run the prompt with use_cache=True"):
+        model(seq[:, 5:6], out.past_key_values)
     with torch.no_grad():
-        out = model(seq[:, :5], None, use_cache=True)
+        out = model(seq[:, :5])
         steps, past = [out.logits], out.past_key_values
         for t in range(5, 9):
             out = model(seq[:, t : t + 1], past, use_cache=True)

@@ -68,8 +68,9 @@ class PropagationChain:
         state: the state handed to the next layer in the current forward pass.
         layers: the linked layers, in call order.
         decoding_start: in a cached decoding call (the model was called with a key/value cache,
-            ``cache_position`` or ``use_cache=True``), the absolute position of the call's first
-            token (0: a new prompt); None in an ordinary forward pass.
+            ``cache_position`` or ``use_cache=True``, or without gradients and with
+            ``config.use_cache`` true, as transformers models build a cache then), the absolute
+            position of the call's first token (0: a new prompt); None in an ordinary pass.
     """
 
     def __init__(self) -> None:
@@ -177,7 +178,13 @@ class PropagationChain:
                 kwargs = {**bound.arguments, **bound.arguments.get("kwargs", {})}
             except (TypeError, ValueError):
                 pass
-        self.decoding_start = _decoding_start(kwargs)
+        # A call without a cache argument builds one when the model's config says so (the
+        # transformers default): then it is a prompt, as long as no gradient is taken (training
+        # passes keep no decoding state).
+        default = bool(getattr(getattr(module, "config", None), "use_cache", False))
+        self.decoding_start = _decoding_start(kwargs, default and not torch.is_grad_enabled())
+        if self.decoding_start is None:
+            self._segment_caches.clear()  # a later incremental call must not find stale sums
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -196,7 +203,7 @@ def _cache_length(past: Any) -> int | None:
     return None
 
 
-def _decoding_start(kwargs: dict[str, Any]) -> int | None:
+def _decoding_start(kwargs: dict[str, Any], default_use_cache: bool = False) -> int | None:
     """Absolute position of the first new token of a cached decoding call, else None."""
     position = kwargs.get("cache_position")
     if isinstance(position, Tensor) and position.numel():
@@ -207,8 +214,9 @@ def _decoding_start(kwargs: dict[str, Any]) -> int | None:
             length = _cache_length(past)
             if length is not None:
                 return length
-    if kwargs.get("use_cache") is True:  # the model creates its cache in this call
-        return 0
+    use_cache = kwargs.get("use_cache")
+    if use_cache is True or (use_cache is None and default_use_cache):
+        return 0  # the model creates its cache in this call: a new prompt
     return None
 
 

@@ -534,7 +534,10 @@ class MoEFeedForward(nn.Module):
             cache.weights = self._merge(part, self._coefficients(cache.scores, out.dtype))
             return out, aux
         if cache.segment_sum is None:
-            raise ValueError("empty decoding cache: start with start_pos=0 (the prompt)")
+            raise ValueError(
+                "empty decoding cache: start with start_pos=0 (the prompt; in a model linked "
+                "with link_moe_layers, run the prompt with use_cache=True)"
+            )
         if start_pos != cache.length:
             raise ValueError(
                 f"the decoding cache holds {cache.length} tokens but the new tokens start at "
