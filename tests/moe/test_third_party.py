@@ -154,3 +154,18 @@ def test_cached_decoding_with_the_model_defaults_and_a_positional_cache():
             past = out.past_key_values
         reference = model(seq).logits
     torch.testing.assert_close(torch.cat(steps, dim=1), reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_beam_search_reorders_the_decoding_caches(arch):
+    model = _model("namex-full-mom", arch).eval()
+    prompt = torch.randint(1, VOCAB, (2, 5))
+    with torch.no_grad():
+        beams = dict(max_new_tokens=8, num_beams=3, do_sample=False)
+        cached = model.generate(prompt, use_cache=True, **beams)
+        full = model.generate(prompt, use_cache=False, **beams)
+    assert torch.equal(cached, full)
+    chain = next(m for m in model.modules() if isinstance(m, MoEFeedForward))._chain
+    assert "_reorder_cache" in model.__dict__
+    chain.unlink()
+    assert "_reorder_cache" not in model.__dict__

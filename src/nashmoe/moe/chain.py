@@ -81,6 +81,7 @@ class PropagationChain:
         self._segment_caches: dict[int, SegmentCache] = {}
         self._last_flags: list[tuple[MoEFeedForward, bool]] = []
         self._handle = None
+        self._model: nn.Module | None = None  # set where a beam-search hook was installed
 
     def reset(self) -> None:
         """Start a new forward pass (the model's pre-hook calls this)."""
@@ -103,6 +104,9 @@ class PropagationChain:
         self._last_flags = []
         self.layers = []
         self.clear()
+        model, self._model = self._model, None
+        if model is not None and isinstance(model.__dict__.get("_reorder_cache"), _BeamReorder):
+            del model._reorder_cache
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -148,6 +152,17 @@ class PropagationChain:
         if start == 0 or i not in self._segment_caches:
             self._segment_caches[i] = SegmentCache()
         return self._segment_caches[i], start
+
+    def reorder(self, index: Tensor) -> None:
+        """Reorder the sequences of every decoding cache (beam search: ``index`` holds, for each
+        new row, the row it continues)."""
+        for cache in self._segment_caches.values():
+            if cache.segment_sum is None:
+                continue
+            idx = index.to(cache.segment_sum.device)
+            cache.segment_sum = cache.segment_sum.index_select(0, idx)
+            cache.scores = cache.scores.index_select(0, idx)
+            cache.weights = {k: w.index_select(0, idx) for k, w in cache.weights.items()}
 
     # ------------------------------------------------------------------ internals
     def _upstream_requires_grad(self, index: int) -> bool:
@@ -230,7 +245,10 @@ def link_moe_layers(model: nn.Module) -> PropagationChain:
     propagation step (``last_in_chain``), which it then skips. A forward pre-hook on ``model``
     starts every pass afresh and reads the cached-decoding position from the call's keyword
     arguments (``cache`` / ``past_key_values``, ``cache_position``, ``use_cache``), see
-    :class:`PropagationChain`.
+    :class:`PropagationChain`. For transformers' beam search, link the model whose
+    ``generate`` you call: the chain then installs ``model._reorder_cache``, which reorders its
+    decoding caches with the model's (unlinking removes it). Cropping the cache (assisted
+    decoding) is refused with an error.
 
     Returns:
         The :class:`PropagationChain`; call ``chain.unlink()`` to undo.
@@ -258,7 +276,25 @@ def link_moe_layers(model: nn.Module) -> PropagationChain:
         chain._last_flags = [(last, last.last_in_chain)]
         last.last_in_chain = True
     chain._handle = model.register_forward_pre_hook(chain._pre_forward, with_kwargs=True)
+    if hasattr(model, "_beam_search"):  # transformers: beam search reorders through this hook
+        chain._model = model
+        model._reorder_cache = _BeamReorder(chain, getattr(model, "_reorder_cache", None))
     return chain
+
+
+class _BeamReorder:
+    """``model._reorder_cache(cache, beam_idx)``: transformers' beam search calls it after every
+    step (when the model has it); reorders the chain's decoding caches along with the model's."""
+
+    def __init__(self, chain: PropagationChain, previous) -> None:
+        self.chain, self.previous = chain, previous
+
+    def __call__(self, cache, beam_idx: Tensor):
+        self.chain.reorder(beam_idx)
+        if self.previous is not None:
+            return self.previous(cache, beam_idx)
+        cache.reorder_cache(beam_idx)
+        return cache
 
 
 def collect_aux(model: nn.Module) -> list[MoEAux]:
