@@ -36,6 +36,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +62,14 @@ _QUADRATIC_REGION = 0.25
 _FIXED_POINT_SWEEPS = 4
 # Relative asymmetry of the Gram matrix accepted by input validation.
 _SYMMETRY_RTOL = 1e-4
+# CPU problems up to this many players, and batches up to this many Gram entries, take the small
+# path (:func:`_solve_small`): the same iteration in numpy, single-threaded, with one LAPACK call
+# per problem. Torch's batched LAPACK calls (cholesky_ex, linalg.solve) open an OpenMP parallel
+# region even for 8×8 matrices, which waits for a descheduled worker thread on a busy machine
+# (about 10 ms per call beside two other torch processes), and each tiny torch operation costs
+# 2–5 µs of dispatch against 0.5–2 µs in numpy.
+_SMALL_MAX_N = 64
+_SMALL_MAX_ENTRIES = 1 << 16
 
 
 class NashStatus(enum.IntEnum):
@@ -396,6 +405,157 @@ def _classify(
     return status, alpha, res
 
 
+def _use_small_path(gram: Tensor) -> bool:
+    """Whether :func:`_solve_small` handles this call (CPU, small, not being traced)."""
+    n = gram.shape[-1]
+    return (
+        gram.device.type == "cpu"
+        and n <= _SMALL_MAX_N
+        and gram.numel() <= _SMALL_MAX_ENTRIES
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _solve_small(
+    gram: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    init: Tensor | None,
+    ridge: float,
+    cdtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_solve` for small problems on the CPU, in numpy (same iteration, same statuses).
+
+    Vectors are ``[B, N]`` and per-problem scalars ``[B]``. The Newton system is solved by
+    LAPACK's LU (``numpy.linalg.solve``: one gesv per problem, single-threaded at these sizes)
+    instead of a Cholesky factorisation; its matrix has eigenvalues >= 1, so both are stable and
+    agree to rounding. Should LAPACK report an exactly singular matrix (only possible with
+    non-finite iterates), the call is redone by :func:`_solve`.
+    """
+    batch_shape = gram.shape[:-2]
+    n = gram.shape[-1]
+    npdt = np.float64 if cdtype == torch.float64 else np.float32
+    finfo = np.finfo(npdt)
+    tiny, eps = float(finfo.tiny), float(finfo.eps)
+    k = gram.reshape(-1, n, n).to(cdtype).numpy()
+    b = k.shape[0]
+    with np.errstate(all="ignore"):
+        k_hat = k + k.transpose(0, 2, 1)
+        diag = np.diagonal(k_hat, axis1=1, axis2=2).copy()  # 2 K_ii
+        dmin, dmax = diag.min(1), diag.max(1)
+        ok = (dmax > tiny) & (dmin > (eps**2) * dmax)
+        safe_diag = np.where(ok[:, None], diag, npdt(2.0))  # [B, N]
+        sqrt_diag = np.sqrt(0.5 * safe_diag)  # ‖g_i‖
+        inv_sqrt = 1.0 / np.sqrt(safe_diag)
+        k_hat *= inv_sqrt[:, :, None]
+        k_hat *= inv_sqrt[:, None, :]
+        ok &= np.isfinite(k_hat.sum((1, 2)))
+        eye = np.eye(n, dtype=npdt)
+        if not ok.all():
+            k_hat[~ok] = eye
+        ridge = max(ridge, n * eps)
+        k_newton = k_hat + ridge * eye
+
+        if init is None:
+            beta = np.ones((b, n), dtype=npdt)
+        else:
+            init_np = init.detach().to(device="cpu", dtype=cdtype).expand(*batch_shape, n)
+            init_np = init_np.reshape(-1, n).numpy()
+            beta = np.where(ok[:, None], init_np * sqrt_diag, npdt(1.0))
+        sweeps = _FIXED_POINT_SWEEPS if n > 2 or init is not None else 0
+        beta = _start_small(k_hat, beta, sweeps=sweeps, tiny=tiny)
+
+        cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(eps))
+        grid = np.asarray(_STEP_GRID, dtype=npdt)
+        rows = np.arange(b)
+        iterations = np.zeros(b, dtype=np.int64)
+        lam2 = np.full(b, np.inf, dtype=npdt)
+        beta_max = beta.max(1) if n else np.zeros(b, dtype=npdt)
+        it = 0
+        while True:
+            k_beta = np.matmul(k_hat, beta[:, :, None])[:, :, 0]
+            b_kb = beta * k_beta
+            rhs = 1.0 - b_kb
+            w = sqrt_diag / beta
+            r = rhs * w
+            res = np.sqrt((r * r).sum(1) / (w * w).sum(1))
+            beta_now = beta.max(1)
+            active = (res > tol) & (beta_now <= cap)
+            if it == max_iter or not active.any():
+                break
+            it += 1
+            beta_max = beta_now
+            m = beta[:, :, None] * beta[:, None, :] * k_newton + eye
+            try:
+                y = np.linalg.solve(m, rhs[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                return _solve(
+                    gram, max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
+                )
+            y = np.nan_to_num(y, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            d = beta * y
+            lam2 = (rhs * y).sum(1)
+            if (lam2 < _QUADRATIC_REGION**2).all():
+                step = active.astype(npdt)
+            else:
+                slope = (b_kb * y).sum(1)
+                curvature = ((rhs - y - ridge * d * beta) * y).sum(1)
+                t_max = np.minimum(y.min(1), -_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
+                t = np.minimum(grid, (-_FRACTION_TO_BOUNDARY / t_max)[:, None])  # [B, C]
+                delta_f = t * (slope[:, None] + 0.5 * curvature[:, None] * t)
+                delta_f -= np.log1p(y[:, :, None] * t[:, None, :]).sum(1)
+                step = t[rows, delta_f.argmin(1)] * active
+            beta = beta + d * step[:, None]
+            iterations += active
+
+        diverged = ok & (beta_now > cap)
+        converged = ok & ~diverged & (res <= tol)
+        alpha = beta / sqrt_diag
+        status = np.zeros(b, dtype=np.int64)  # NashStatus.OK
+        if not converged.all():
+            slack = np.square(1.0 + (4 * ridge) * beta_max * beta_max)
+            certified = slack * lam2 < _CERTIFIED_DECREMENT**2
+            margin = b_kb - (4 * n * eps) * beta * beta.sum(1, keepdims=True)
+            certified |= margin.min(1) > 0
+            infeasible = ok & ~converged & (diverged | ~certified)
+            status[:] = NashStatus.NOT_CONVERGED
+            status[converged] = NashStatus.OK
+            status[infeasible] = NashStatus.INFEASIBLE
+            status[~ok] = NashStatus.DEGENERATE
+            alpha[infeasible | ~ok] = 1.0 / n
+            if infeasible.any():
+                k_ones = sqrt_diag * np.matmul(k_hat, sqrt_diag[:, :, None])[:, :, 0]
+                res_uniform = np.sqrt(np.square(k_ones / n - n).sum(1)) / (n * math.sqrt(n))
+                res = np.where(infeasible, res_uniform, res)
+            res = np.where(ok, res, np.nan)
+    return (
+        torch.from_numpy(alpha).reshape(*batch_shape, n),
+        torch.from_numpy(np.asarray(res, dtype=npdt)).reshape(batch_shape),
+        torch.from_numpy(iterations).reshape(batch_shape),
+        torch.from_numpy(status).reshape(batch_shape),
+    )
+
+
+def _start_small(k_hat: np.ndarray, beta: np.ndarray, *, sweeps: int, tiny: float) -> np.ndarray:
+    """:func:`_start` in numpy, for :func:`_solve_small` (vectors ``[B, N]``)."""
+    n = beta.shape[1]
+    if sweeps > 0:
+        sweep = beta
+        for _ in range(sweeps):
+            k_sweep = np.matmul(k_hat, sweep[:, :, None])[:, :, 0]
+            sweep = np.where(k_sweep > 0, np.sqrt(sweep / k_sweep), sweep)
+        both = np.stack((beta, sweep), 2)  # [B, N, 2]
+        quad = (both * np.matmul(k_hat, both)).sum(1)  # [B, 2]
+        score = (0.5 * n) * np.log(np.maximum(quad, tiny)) - np.log(both).sum(1)
+        better = score[:, 1] < score[:, 0]  # NaN (overflow) compares False
+        beta = np.where(better[:, None], sweep, beta)
+        quad = np.where(better, quad[:, 1], quad[:, 0])
+    else:
+        quad = (beta * np.matmul(k_hat, beta[:, :, None])[:, :, 0]).sum(1)
+    return beta * np.sqrt(n / np.maximum(quad, tiny))[:, None]
+
+
 def matvec(a: Tensor, v: Tensor) -> Tensor:
     """Batched matrix-vector product ``[..., N, N] × [..., N] -> [..., N]``."""
     return (a @ v[..., None])[..., 0]
@@ -490,8 +650,9 @@ def nash_bargaining(
     out_dtype = gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float32
     if cdtype == torch.float32:
         tol = max(tol, 50 * torch.finfo(torch.float32).eps)
+    solve = _solve_small if _use_small_path(gram) else _solve
     with torch.no_grad():
-        alpha, residual, iterations, status = _solve(
+        alpha, residual, iterations, status = solve(
             gram.detach(), max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
         )
     if alpha.dtype != out_dtype:
