@@ -69,7 +69,7 @@ _SYMMETRY_RTOL = 1e-4
 # (about 10 ms per call beside two other torch processes), and each tiny torch operation costs
 # 2–5 µs of dispatch against 0.5–2 µs in numpy.
 _SMALL_MAX_N = 64
-_SMALL_MAX_ENTRIES = 1 << 16
+_SMALL_MAX_ENTRIES = 1 << 18
 
 
 class NashStatus(enum.IntEnum):
@@ -159,17 +159,20 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
     if gram.numel() == 0:
         return
     g = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
-    # All value checks in one device round trip; the messages are worked out on failure only.
-    scale = torch.maximum(g.amax(dim=(-1, -2)), -g.amin(dim=(-1, -2)))
-    asym = torch.sub(g, g.mT).abs_().amax(dim=(-1, -2))
-    flags = [
-        ~torch.isfinite(scale).all(),  # NaN or inf anywhere makes the max non-finite
-        (asym > _SYMMETRY_RTOL * scale).any(),
-        (g.diagonal(dim1=-2, dim2=-1) < 0).any(),
-    ]
-    if init is not None and init.numel() > 0:
-        flags.append(~(torch.isfinite(init) & (init > 0)).all().to(gram.device))
-    bad = torch.stack(flags).tolist()
+    if _use_small_path(g):
+        bad, asym, scale = _value_checks_small(g, init)
+    else:
+        # All value checks in one device round trip; the messages are worked out on failure only.
+        scale = torch.maximum(g.amax(dim=(-1, -2)), -g.amin(dim=(-1, -2)))
+        asym = torch.sub(g, g.mT).abs_().amax(dim=(-1, -2))
+        flags = [
+            ~torch.isfinite(scale).all(),  # NaN or inf anywhere makes the max non-finite
+            (asym > _SYMMETRY_RTOL * scale).any(),
+            (g.diagonal(dim1=-2, dim2=-1) < 0).any(),
+        ]
+        if init is not None and init.numel() > 0:
+            flags.append(~(torch.isfinite(init) & (init > 0)).all().to(gram.device))
+        bad = torch.stack(flags).tolist()
     if bad[0]:
         raise ValueError("gram contains NaN or inf entries")
     if bad[1]:
@@ -182,6 +185,23 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
         raise ValueError("gram has a negative diagonal entry: it is not a Gram matrix")
     if len(bad) > 3 and bad[3]:
         raise ValueError("init must be finite and strictly positive")
+
+
+def _value_checks_small(g: Tensor, init: Tensor | None) -> tuple[list[bool], Tensor, Tensor]:
+    """The value checks of :func:`_validate` in numpy (small CPU inputs: no torch dispatches)."""
+    a = g.detach().numpy()
+    with np.errstate(invalid="ignore"):
+        scale = np.maximum(a.max((-1, -2)), -a.min((-1, -2)))
+        asym = np.abs(a - a.swapaxes(-1, -2)).max((-1, -2))
+        bad = [
+            not bool(np.isfinite(scale).all()),
+            bool((asym > _SYMMETRY_RTOL * scale).any()),
+            bool((np.diagonal(a, axis1=-2, axis2=-1) < 0).any()),
+        ]
+    if init is not None and init.numel() > 0:
+        i = init.detach().to(device="cpu", dtype=torch.float64).numpy()
+        bad.append(not bool((np.isfinite(i) & (i > 0)).all()))
+    return bad, torch.from_numpy(np.asarray(asym)), torch.from_numpy(np.asarray(scale))
 
 
 def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
@@ -669,15 +689,48 @@ def nash_direction(vectors: Tensor, **kwargs) -> tuple[NashSolution, Tensor]:
     :func:`nash_bargaining` (keyword arguments are forwarded) and returns
     ``(solution, direction)`` with ``direction = Σ_i α_i g_i`` of shape ``[..., P]``. With
     ``differentiable=True`` the direction is differentiable through α as well as through G.
+
+    Scale: each problem's vectors are first divided by a power of two s close to their largest
+    entry (exact in floating point), so that the Gram matrix neither overflows nor underflows
+    whatever the scale of G; α is mapped back (α = α̂/s for a solved problem) and the direction
+    Σ α̂_i (g_i/s) = Σ α_i g_i keeps its norm √N. A zero player is still ``DEGENERATE``, and
+    degenerate or infeasible problems keep uniform weights 1/N (their residual is that of 1/N on
+    the unscaled problem, in float64, capped at the largest finite number of the output dtype).
     """
     if not isinstance(vectors, Tensor) or not vectors.is_floating_point():
         raise ValueError("vectors must be a floating-point tensor of shape [..., N, P]")
     if vectors.ndim < 2:
         raise ValueError(f"vectors must have shape [..., N, P], got {tuple(vectors.shape)}")
     work = vectors if vectors.dtype == torch.float64 else vectors.float()
-    gram = work @ work.mT
+    # s = 2^e with max |g| = m 2^e, m in [0.5, 1) (s = 1 for zero or non-finite problems, which
+    # the solver reports as they are).
+    with torch.no_grad():
+        if work.shape[-1] * work.shape[-2] == 0:
+            scale = work.new_ones((*work.shape[:-2], 1, 1))
+        else:
+            largest = work.detach().abs().amax(dim=(-1, -2), keepdim=True)
+            exponent = torch.frexp(largest).exponent
+            exponent = torch.where(torch.isfinite(largest), exponent, 0)
+            scale = torch.ldexp(torch.ones_like(largest), exponent)  # [..., 1, 1]
+    unit = work / scale
+    gram = unit @ unit.mT
     if not kwargs.get("differentiable", False):
         gram = gram.detach()
     solution = nash_bargaining(gram, **kwargs)
-    direction = torch.einsum("...n,...np->...p", solution.alpha.to(work.dtype), work)
+    n = vectors.shape[-2]
+    failed = (solution.status == NashStatus.DEGENERATE) | (solution.status == NashStatus.INFEASIBLE)
+    s = scale[..., 0].to(solution.alpha.dtype)  # [..., 1]
+    alpha = torch.where(failed[..., None], 1.0 / n, solution.alpha / s)
+    weights = torch.where(failed[..., None], s / n, solution.alpha)  # multiply g_i / s
+    direction = torch.einsum("...n,...np->...p", weights.to(work.dtype), unit)
+    residual = solution.residual
+    with torch.no_grad():
+        # The residual of the uniform weights 1/N on K = s² K̂: ‖s² K̂1/N − N‖ / (N√N).
+        k_ones = gram.detach().double().sum(-1) * scale[..., 0].double().square()
+        res = (k_ones / n - n).norm(dim=-1) / (n * math.sqrt(n))
+        res = res.clamp(max=torch.finfo(residual.dtype).max).to(residual.dtype)
+        residual = torch.where(solution.status == NashStatus.INFEASIBLE, res, residual)
+    solution = NashSolution(
+        alpha=alpha, residual=residual, iterations=solution.iterations, status=solution.status
+    )
     return solution, direction.to(vectors.dtype)
