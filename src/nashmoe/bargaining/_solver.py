@@ -301,7 +301,10 @@ def _solve(
     # unit player vectors). Beyond this cap the margin is below what the precision of K̂, or the
     # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
-    grid = _step_grid(cdtype, device)
+    # (Dynamo warns about lru_cache-wrapped calls: build the grid afresh when tracing.)
+    compiling = torch.compiler.is_compiling()
+    grid = torch.tensor(_STEP_GRID, dtype=cdtype, device=device) if compiling else None
+    grid = _step_grid(cdtype, device) if grid is None else grid
     # Per-problem scalars are kept as [B, 1, 1] so that they broadcast without reshaping.
     iterations = torch.zeros_like(beta[:, :1], dtype=torch.int64)
     # Newton decrement² and max β at the last Newton step, for the feasibility certificate.
