@@ -516,7 +516,9 @@ def _solve_small(
                 return _solve(
                     gram, max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
                 )
-            y = np.nan_to_num(y, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            finite = np.isfinite(y)
+            if not finite.all():  # overflow in a far-off problem: it stays where it is
+                y = np.where(finite, y, 0.0)
             d = beta * y
             lam2 = (rhs * y).sum(1)
             if (lam2 < _QUADRATIC_REGION**2).all():
