@@ -157,3 +157,23 @@ def test_float32_gram_at_extreme_but_finite_scale(scale: float) -> None:
     sol = nash_bargaining((gram * scale).float())
     assert bool(sol.ok.all())
     torch.testing.assert_close(sol.alpha.double() * math.sqrt(scale), ref.alpha, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("path", ["small", "general"])
+@pytest.mark.parametrize("scale", [1e36, 1e-36])
+def test_float32_iteration_on_a_huge_or_tiny_gram(
+    scale: float, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The residual's weights 1/α = ‖g‖/β are squared: unnormalised, they overflowed (a false
+    # OK with residual 0 from the starting point) or vanished in a float32 iteration.
+    from nashmoe.bargaining import _solver
+
+    if path == "general":
+        monkeypatch.setattr(_solver, "_use_small_path", lambda gram: False)
+    g = ms.well_conditioned(6, seed=8)
+    gram = g @ g.T
+    ref = nash_bargaining(gram, tol=1e-12)
+    sol = nash_bargaining((gram * scale).float(), compute_dtype=torch.float32)
+    assert bool(sol.ok.all()) and int(sol.iterations) >= 1
+    assert 0 < float(sol.residual) <= 6e-6
+    torch.testing.assert_close(sol.alpha.double() * math.sqrt(scale), ref.alpha, rtol=1e-5, atol=0)

@@ -310,6 +310,7 @@ def _solve(
     # unit player vectors). Beyond this cap the margin is below what the precision of K̂, or the
     # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
+    rel_norm = sqrt_diag / sqrt_diag.amax(1, keepdim=True)  # ‖g_i‖ / max_j ‖g_j‖
     # (Dynamo warns about lru_cache-wrapped calls: build the grid afresh when tracing.)
     compiling = torch.compiler.is_compiling()
     grid = torch.tensor(_STEP_GRID, dtype=cdtype, device=device) if compiling else None
@@ -325,8 +326,9 @@ def _solve(
         b_kb = beta * k_beta  # α_i (Kα)_i, = 1 at the solution
         rhs = 1.0 - b_kb  # −β ⊙ ∇f(β), the scaled Newton right-hand side
         # Relative residual in the original coordinates: with w = 1/α = ‖g‖/β,
-        # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖.
-        w = sqrt_diag / beta
+        # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖, with w divided by max ‖g_i‖ (the
+        # ratio is unchanged, and squares of huge or tiny norms neither overflow nor vanish).
+        w = rel_norm / beta
         res = (rhs * w).norm(dim=1, keepdim=True) / w.norm(dim=1, keepdim=True)
         beta_now = beta.amax(1, keepdim=True)
         active = (res > tol) & (beta_now <= cap)  # [B, 1, 1]
@@ -499,6 +501,7 @@ def _solve_small(
         beta = _start_small(k_hat, beta, sweeps=sweeps, tiny=tiny)
 
         cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(eps))
+        rel_norm = sqrt_diag / sqrt_diag.max(1, keepdims=True) if n else sqrt_diag
         grid = np.asarray(_STEP_GRID, dtype=npdt)
         rows = np.arange(b)
         iterations = np.zeros(b, dtype=np.int64)
@@ -509,7 +512,7 @@ def _solve_small(
             k_beta = np.matmul(k_hat, beta[:, :, None])[:, :, 0]
             b_kb = beta * k_beta
             rhs = 1.0 - b_kb
-            w = sqrt_diag / beta
+            w = rel_norm / beta  # as in _solve
             r = rhs * w
             res = np.sqrt((r * r).sum(1) / (w * w).sum(1))
             beta_now = beta.max(1)
