@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
 
     contention = None
     if args.contended:
+        # SIGTERM (e.g. `timeout`) unwinds through the `finally` below, which stops the helpers.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         # Bounded: the helpers exit by themselves after this long (or when we are gone).
         lifetime = 600.0 + 120.0 * len(sizes) * repeats
         contention = Contention(size=args.contention_size, lifetime=lifetime)
