@@ -4,7 +4,11 @@ In the spirit of nanoGPT (Karpathy): pre-norm blocks, causal attention through
 ``scaled_dot_product_attention``, learned absolute positions, optionally tied embeddings. Every
 ``moe_every``-th block's FFN is a :class:`~nashmoe.moe.MoEFeedForward` of the chosen method (the
 others are dense), and the propagation state of EP-CAMEx / NAMEx is threaded through the blocks
-explicitly: the first MoE block owns the base expert E_m^{(1)}.
+explicitly: the first MoE block owns the base expert E_m^{(1)}, and the last one skips its
+propagation step (nothing uses it). ``gradient_checkpointing_enable()`` (the transformers name)
+recomputes every block in the backward pass; the state then travels through a
+:class:`~nashmoe.moe.PropagationChain`, which keeps gradients exact with reentrant and
+non-reentrant ``torch.utils.checkpoint``.
 
 Presets (``GPTConfig.preset``): ``tiny`` (the CPU demo), ``small`` and ``medium`` (the MomentumSMoE
 WikiText-103 shapes, arXiv 2410.14574: 3 layers / d 128 / 8 heads / 16 experts top-2 / block 256,
@@ -14,14 +18,23 @@ and 6 layers / d 352 / 8 heads / 16 experts top-2 / block 512), with the chosen 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from nashmoe.moe import METHODS, MoEAux, MoEConfig, MoEFeedForward, SegmentCache
+from nashmoe.moe import (
+    METHODS,
+    MoEAux,
+    MoEConfig,
+    MoEFeedForward,
+    PropagationChain,
+    SegmentCache,
+    link_moe_layers,
+)
 from nashmoe.moe.state import PropagationState
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "GPTOutput"]
@@ -215,8 +228,9 @@ class Block(nn.Module):
         self.ffn = MoEFeedForward(cfg.moe_config(index), owns_base=owns_base)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, state, cache=None, start_pos=0):
-        """``(x, state)``: the block's output and the propagation state for the next MoE block.
+    def forward(self, x, state, cache=None, start_pos=0, return_aux=False):
+        """``(x, state)``: the block's output and the propagation state for the next MoE block
+        (``(x, aux)`` with ``return_aux``, the MoE layer's :class:`~nashmoe.moe.MoEAux`).
 
         The state (a pytree: the propagated base expert and momentum) is an output of the block,
         so that per-block FSDP sees the gradients flowing into it. The MoE diagnostics and the
@@ -232,7 +246,13 @@ class Block(nn.Module):
             cache=None if cache is None else cache.get("ffn"),
             start_pos=start_pos,
         )
-        return x + self.dropout(y), aux.state
+        return x + self.dropout(y), (aux if return_aux else aux.state)
+
+    def checkpointed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The block for ``torch.utils.checkpoint``: the state comes from the model's chain;
+        tensors only out (the aux loss too, so that reentrant checkpointing differentiates it)."""
+        x, aux = self(x, None, return_aux=True)  # the recomputed aux (last_aux is not updated)
+        return x, aux.loss
 
 
 class GPT(nn.Module):
@@ -253,6 +273,10 @@ class GPT(nn.Module):
         self._init_weights()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if self.moe_layers:  # nothing uses the last MoE layer's propagation step
+            self.moe_layers[-1].last_in_chain = True
+        self._checkpoint_kwargs: dict[str, Any] | None = None
+        self._chain: PropagationChain | None = None
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -287,6 +311,31 @@ class GPT(nn.Module):
             active -= (n - used) * per_expert
         return {"total": total, "active": active}
 
+    # ------------------------------------------------------------------ activation checkpointing
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Recompute every block in the backward pass (training with grad enabled only).
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``, as in
+        transformers; the default is ``{"use_reentrant": False}``. Gradients are the same as
+        without checkpointing for every method, reentrant or not: the propagation state then
+        travels through a :class:`~nashmoe.moe.PropagationChain` linked to this model.
+        """
+        self._checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        if self._chain is None and self.moe_layers:
+            self._chain = link_moe_layers(self)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._checkpoint_kwargs = None
+        if self._chain is not None:
+            self._chain.unlink()
+            self._chain = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._checkpoint_kwargs is not None
+
     def forward(
         self,
         idx: Tensor,
@@ -316,10 +365,21 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         state: PropagationState | None = None
         auxes: list[MoEAux] = []
+        checkpointing = (
+            self._checkpoint_kwargs is not None
+            and self.training
+            and torch.is_grad_enabled()
+            and cache is None
+        )
         for i, block in enumerate(self.blocks):
-            x, state = block(x, state, None if cache is None else cache[i], start_pos)
+            if checkpointing:
+                x, aux_loss = checkpoint(block.checkpointed, x, **self._checkpoint_kwargs)
+                aux = replace(block.ffn.last_aux, loss=aux_loss)
+            else:
+                x, state = block(x, state, None if cache is None else cache[i], start_pos)
+                aux = block.ffn.last_aux
             if block.ffn.config.method != "dense":
-                auxes.append(block.ffn.last_aux)
+                auxes.append(aux)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
@@ -356,8 +416,31 @@ class GPT(nn.Module):
         With ``use_cache`` the keys/values and the MoE segment state are cached, exact for causal
         segment routing: the tokens equal those of repeated full forward passes. Once the context
         would exceed ``block_size``, generation continues without the cache on the last
-        ``block_size`` tokens (as nanoGPT does).
+        ``block_size`` tokens (as nanoGPT does). A prompt longer than ``block_size`` is therefore
+        accepted and returned whole, but only its last ``block_size`` tokens are seen.
+
+        Args:
+            idx: ``[B, S]`` token ids with ``S >= 1``.
+            max_new_tokens: >= 0 (0 returns ``idx``).
+            temperature: >= 0 and finite; 0 means greedy (argmax).
+            top_k: sample among the ``top_k >= 1`` likeliest tokens (None: all).
+
+        Raises:
+            ValueError: an argument out of range (the message names it).
         """
+        if idx.dim() != 2 or idx.shape[1] < 1:
+            raise ValueError(
+                f"idx must be [batch, length] with length >= 1 (a non-empty prompt), "
+                f"got shape {tuple(idx.shape)}"
+            )
+        if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens:
+            raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0 (0: greedy), got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
         was_training = self.training
         self.eval()
         try:
