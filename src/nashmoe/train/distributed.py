@@ -18,7 +18,7 @@ FSDP (FSDP2 ``fully_shard``; meant for CUDA, it also runs on CPU with gloo, whic
 shards every transformer block as its own unit, then the root (embeddings, final norm, head):
 a block's parameters are gathered for its forward, freed after it (``reshard_after_forward``)
 and gathered again in the backward pass, so parameters, gradients and optimizer state are
-sharded and the peak holds about one block's full parameters at a time. The propagated base
+sharded and only a block or two are gathered at a time. The propagated base
 expert of EP-CAMEx / NAMEx is part of every block's outputs and inputs (``Block.forward`` returns
 the :class:`~nashmoe.moe.PropagationState`, a registered pytree), so FSDP's pre-backward hooks
 (on outputs) and post-backward hooks (on inputs) see the gradients flowing through it into
