@@ -8,8 +8,9 @@ All of them are loop-free over tokens, units and experts:
 - :func:`mixed_ffn`: per-token merging without materialising per-token weights: a merged linear map
   applied to x equals the score-weighted sum of the experts' maps applied to x, so
   ``(B + Σ_i c_i V_i) x = B x + Σ_i c_i (V_i x)`` (N times the dense cost, no U·P memory).
-- :func:`topk_ffn`: sparse top-k dispatch (sort, per-expert counts, a padded batched product,
-  index_add).
+- :func:`topk_ffn`: sparse top-k dispatch: assignments sorted by expert, one grouped matrix
+  product per weight over the sorted tokens (``torch._grouped_mm``, no padding, no host
+  synchronisation), index_add; a padded batched product where grouped products are unsupported.
 """
 
 from __future__ import annotations
@@ -98,32 +99,84 @@ def mixed_ffn(
     return lin("w_out", "b_out", _hidden(pre, gate, act))
 
 
+def _grouped_mm_ok(x: Tensor, experts: dict[str, Tensor]) -> bool:
+    """Whether ``torch._grouped_mm`` can run this dispatch: float32/bf16/fp16 operands (float64
+    is not supported), rows 16-byte aligned (d and f multiples of 16 bytes), and a device whose
+    build supports it (CPU here; CUDA needs sm90+, where bf16 is the supported dtype); under
+    ``torch.compile`` bf16 only (the op's fake kernel rejects float32)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False  # the op's fake (meta) kernel accepts bf16 only (torch 2.13)
+    if x.device.type == "cuda":
+        if x.dtype == torch.float32 or torch.cuda.get_device_capability(x.device) < (9, 0):
+            return False
+    elif x.device.type != "cpu":
+        return False
+    size = x.element_size()
+    w_in = experts["w_in"]
+    return (w_in.shape[1] * size) % 16 == 0 and (w_in.shape[2] * size) % 16 == 0
+
+
+def _grouped(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """``a [M, in]`` (rows sorted by group) times ``w[g]ᵀ`` for ``w [G, out, in]``."""
+    return torch._grouped_mm(a, w.transpose(1, 2), offs=offs)
+
+
 def topk_ffn(
     x: Tensor,
     experts: dict[str, Tensor],
     top_idx: Tensor,
     top_w: Tensor,
     act: Callable[[Tensor], Tensor],
+    *,
+    grouped: bool | None = None,
 ) -> Tensor:
     """Sparse top-k MoE on tokens ``x [M, d]``: ``y_t = Σ_j top_w[t, j] f(x_t; E_{top_idx[t, j]})``.
 
-    Index-based dispatch: assignments are sorted by expert, each expert's tokens are gathered into
-    a padded buffer ``[N, C, d]``, all experts run as one batched product, and the weighted
-    results are scattered back with ``index_add_``. C is the largest expert load in CPU eager
-    mode, and the static bound M (every token on one expert) on CUDA and under
-    ``torch.compile``, so that the forward never synchronises with the host (at the cost of
-    N/k times the sparse FLOPs there; a capacity-factor dispatch would be the faster
-    alternative).
+    Index-based dispatch: the M·k assignments are sorted by expert (a stable argsort), the tokens
+    gathered in that order, and every weight applied with one grouped matrix product over the
+    sorted rows (``torch._grouped_mm`` with the per-expert cumulative counts as offsets): exactly
+    the sparse FLOPs (k times dense), no padding to the largest load and no host
+    synchronisation (the counts stay on the device). The weighted results are scattered back
+    with ``index_add_``.
+
+    Fallback (``grouped=False``, or when grouped products are unsupported: float64, rows not
+    16-byte aligned, CUDA below sm90 or float32 on CUDA, anything but bf16 under
+    ``torch.compile``, whose fake kernel for the op takes bf16 only): a padded buffer ``[N, C, d]`` and one
+    batched product; C is the largest load in CPU eager mode (one host synchronisation) and the
+    static bound M on CUDA and under ``torch.compile`` (no synchronisation, N/k times the sparse
+    FLOPs).
     """
     m, d = x.shape
     n = experts["w_in"].shape[0]
     k = top_idx.shape[1]
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    if grouped is None:
+        grouped = _grouped_mm_ok(x.new_empty(0, dtype=dtype), experts)
     flat_expert = top_idx.reshape(-1)
     order = torch.argsort(flat_expert, stable=True)
     sorted_expert = flat_expert[order]
     token = torch.div(order, k, rounding_mode="floor")
     counts = torch.zeros(n, dtype=torch.long, device=x.device)
     counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
+    weight = top_w.reshape(-1)[order, None]
+    if grouped:
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        xs = x[token].to(dtype)  # under autocast: the autocast dtype (no autocast rule for it)
+        w = {name: t.to(dtype) for name, t in experts.items()}
+        pre = _grouped(xs, w["w_in"], offs)
+        if "b_in" in w:
+            pre = pre + w["b_in"][sorted_expert]
+        gate = _grouped(xs, w["w_gate"], offs) if "w_gate" in w else None
+        y = _grouped(_hidden(pre, gate, act), w["w_out"], offs)
+        if "b_out" in w:
+            y = y + w["b_out"][sorted_expert]
+        y = y * weight.to(y.dtype)
+        return torch.zeros(m, d, dtype=y.dtype, device=x.device).index_add_(0, token, y)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(m * k, device=x.device) - starts[sorted_expert]
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -133,5 +186,5 @@ def topk_ffn(
     buffer = x.new_zeros(n, max(capacity, 1), d)
     buffer[sorted_expert, slot] = x[token]
     y_buf = merged_ffn(buffer, experts, act)
-    y = y_buf[sorted_expert, slot] * top_w.reshape(-1)[order, None].to(y_buf.dtype)
+    y = y_buf[sorted_expert, slot] * weight.to(y_buf.dtype)
     return torch.zeros(m, d, dtype=y.dtype, device=x.device).index_add_(0, token, y)
