@@ -146,9 +146,9 @@ def topk_ffn(
     Fallback (``grouped=False``, or when grouped products are unsupported: float64, rows not
     16-byte aligned, CUDA below sm90 or float32 on CUDA, anything but bf16 under
     ``torch.compile``, whose fake kernel for the op takes bf16 only): a padded buffer
-    ``[N, C, d]`` and one batched product; C is the largest load in CPU eager mode (one host synchronisation) and the
-    static bound M on CUDA and under ``torch.compile`` (no synchronisation, N/k times the sparse
-    FLOPs).
+    ``[N, C, d]`` and one batched product; C is the largest load in CPU eager mode (one host
+    synchronisation) and the static bound M on CUDA and under ``torch.compile`` (no
+    synchronisation, N/k times the sparse FLOPs).
     """
     m, d = x.shape
     n = experts["w_in"].shape[0]
