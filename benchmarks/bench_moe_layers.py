@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from nashmoe.moe import METHODS, MoEConfig, MoEFeedForward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cost_model import Machine, calibrate, layer_cost
 
 
 def build(method: str, d: int, f: int, n: int, t: int, layers: int, device, dtype):
@@ -74,7 +80,25 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, autocast):
+def predicted_s(machine: Machine | None, method, d, f, n, t, tokens, layers, bytes_per):
+    """The cost model's time of the stack (layers × one layer's forward + backward)."""
+    if machine is None:
+        return None
+    from nashmoe.moe import fused
+
+    kw = dict(d=d, f=f, n=n, tokens=tokens, bytes_per=bytes_per)
+    if method not in ("dense", "smoe"):
+        kw.update(t=t, chunk_bytes=fused._MAX_CHUNK_BYTES)
+        kw["keep_merged"] = getattr(fused, "_KEEP_MERGED", False)
+    flops, nbytes = layer_cost("camex" if method not in ("dense", "smoe") else method, **kw)
+    return layers * (flops / machine.flops + nbytes / machine.bandwidth)
+
+
+def _spread(values):
+    return min(values), max(values)
+
+
+def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, autocast, machine):
     batch = max(1, tokens // 1024) if t <= 1024 else 1
     seq = tokens // batch
     x = torch.randn(batch, seq, d, device=device, dtype=dtype, requires_grad=False)
@@ -106,12 +130,37 @@ def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, aut
                 stacks[m].zero_grad(set_to_none=True)
             else:
                 memory = saved_bytes(stacks[m], x)
-            rows.append(dict(method=m, time_s=statistics.median(times[m]), memory_bytes=memory))
+            # ratios paired within a round (same load), then their median and range
+            paired = [a / b for a, b in zip(times[m], times["dense"])]
+            paired_camex = (
+                [a / b for a, b in zip(times[m], times["camex"])] if "camex" in times else None
+            )
+            rows.append(
+                dict(
+                    method=m,
+                    time_s=statistics.median(times[m]),
+                    time_min_s=min(times[m]),
+                    time_max_s=max(times[m]),
+                    times_s=times[m],
+                    vs_dense_paired=statistics.median(paired),
+                    vs_dense_paired_range=_spread(paired),
+                    vs_camex_paired=None
+                    if paired_camex is None
+                    else statistics.median(paired_camex),
+                    vs_camex_paired_range=None if paired_camex is None else _spread(paired_camex),
+                    predicted_s=predicted_s(
+                        machine, m, d, f, n, t, batch * seq, layers, 2 if autocast else 4
+                    ),
+                    memory_bytes=memory,
+                )
+            )
     dense = next(r["time_s"] for r in rows if r["method"] == "dense")
     camex = next((r["time_s"] for r in rows if r["method"] == "camex"), None)
     dense_mem = next(r["memory_bytes"] for r in rows if r["method"] == "dense")
+    dense_pred = next(r["predicted_s"] for r in rows if r["method"] == "dense")
     for r in rows:
         r.update(
+            predicted_vs_dense=None if dense_pred is None else r["predicted_s"] / dense_pred,
             d_model=d,
             d_ff=f,
             num_experts=n,
@@ -136,10 +185,20 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--shapes", default="", help="d:f:T[,d:f:T...] (4,096 tokens; default: all)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the cost-model calibration")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load_start = os.getloadavg()
+    machine = None
+    if not args.no_calibrate and device.type == "cpu":
+        machine = calibrate()
+        print(
+            f"calibration: {machine.flops / 1e9:.1f} GFLOP/s matmul, "
+            f"{machine.bandwidth / 1e9:.1f} GB/s copy; load average {load_start[0]:.2f}"
+        )
     methods = args.methods.split(",")
     if "dense" not in methods:
         methods = ["dense", *methods]
@@ -159,6 +218,11 @@ def main() -> None:
             (1024, 4096, 8, 256, 32768),
             (768, 3072, 8, 1024, 16384),
         ]
+    if args.shapes:
+        shapes = [
+            (int(a), int(b), 8, int(c), 4096)
+            for a, b, c in (item.split(":") for item in args.shapes.split(","))
+        ]
     cuda = device.type == "cuda"
     rows = []
     for d, f, n, t, tokens in shapes:
@@ -174,20 +238,29 @@ def main() -> None:
             device,
             torch.float32,
             autocast=cuda,
+            machine=machine,
         )
     header = (
-        f"{'d':>5} {'f':>5} {'T':>5} {'method':<15} {'ms/step':>9} {'x dense':>8} "
-        f"{'x camex':>8} {'mem MB':>8} {'mem x':>6}"
+        f"{'d':>5} {'f':>5} {'T':>5} {'method':<15} {'ms/step':>9} {'min-max ms':>13} "
+        f"{'x dense':>8} {'(range)':>11} {'x camex':>8} {'pred ms':>8} {'pred x':>7} "
+        f"{'mem MB':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
-        vs_camex = "" if r["vs_camex"] is None else f"{r['vs_camex']:.2f}"
+        vs_camex = "" if r["vs_camex_paired"] is None else f"{r['vs_camex_paired']:.2f}"
+        lo, hi = r["vs_dense_paired_range"]
+        pred = "" if r["predicted_s"] is None else f"{1e3 * r['predicted_s']:.0f}"
+        pred_x = "" if r["predicted_vs_dense"] is None else f"{r['predicted_vs_dense']:.2f}"
         print(
             f"{r['d_model']:>5} {r['d_ff']:>5} {r['segment_len']:>5} {r['method']:<15} "
-            f"{1e3 * r['time_s']:>9.1f} {r['vs_dense']:>8.2f} {vs_camex:>8} "
-            f"{r['memory_bytes'] / 2**20:>8.1f} {r['memory_vs_dense']:>6.2f}"
+            f"{1e3 * r['time_s']:>9.1f} "
+            f"{1e3 * r['time_min_s']:>6.0f}-{1e3 * r['time_max_s']:<6.0f} "
+            f"{r['vs_dense_paired']:>8.2f} {lo:>5.2f}-{hi:<5.2f} {vs_camex:>8} {pred:>8} "
+            f"{pred_x:>7} {r['memory_bytes'] / 2**20:>8.1f}"
         )
+    load_end = os.getloadavg()
+    print(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(
@@ -200,10 +273,30 @@ def main() -> None:
         repeats=args.repeats,
         memory="cuda max_memory_allocated" if cuda else "bytes saved for backward",
         precision="bf16 autocast" if cuda else "float32",
+        commit=_commit(),
+        load_average_start=load_start,
+        load_average_end=load_end,
+        calibration=None
+        if machine is None
+        else dict(flops=machine.flops, bandwidth=machine.bandwidth),
+        ratios="x dense / x camex: median over repeats of the ratio within each round",
     )
     path = out / ("moe_layers_quick.json" if args.quick else f"moe_layers_{device.type}.json")
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"wrote {path}")
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":
