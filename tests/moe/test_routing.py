@@ -266,3 +266,54 @@ def test_bf16_chunked_gradients_accumulate_in_float32():
         err_whole = float((g_whole - r).norm() / r.norm())
         assert err < 0.008, err
         assert err < 1.05 * err_whole + 1e-4, (err, err_whole)
+
+
+@pytest.mark.parametrize("with_beta", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1, None])
+def test_sparse_merge_and_apply_matches_plain_autograd(with_beta, chunk_bytes):
+    from nashmoe.moe.ffn import activation_fn, merged_ffn
+
+    torch.manual_seed(0)
+    layout = ExpertLayout(5, 6, glu=True, bias=True)
+    u, t, n, k = 7, 3, 5, 2
+    vectors = {
+        name: torch.randn(n, *s, dtype=torch.float64, requires_grad=True)
+        for name, s in layout.shapes.items()
+    }
+    base = {
+        name: torch.randn(*s, dtype=torch.float64, requires_grad=True)
+        for name, s in layout.shapes.items()
+    }
+    index = torch.stack([torch.randperm(n)[:k] for _ in range(u)])
+    coeff = torch.rand(u, k, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(u, dtype=torch.float64, requires_grad=True) if with_beta else None
+    x = torch.randn(u, t, 5, dtype=torch.float64, requires_grad=True)
+    inputs = [x, coeff, *vectors.values(), *base.values(), *([beta] if with_beta else [])]
+
+    def plain():
+        w = {}
+        for name, v in vectors.items():
+            picked = v[index]  # [u, k, *shape]
+            merged = (coeff.view(u, k, *[1] * (v.dim() - 1)) * picked).sum(1)
+            b = base[name] if beta is None else beta.view(u, *[1] * (v.dim() - 1)) * base[name]
+            w[name] = merged + b
+        return merged_ffn(x, w, activation_fn("gelu"))
+
+    fused = merge_and_apply(
+        x,
+        coeff,
+        base,
+        vectors,
+        activation="gelu",
+        max_chunk_bytes=chunk_bytes,
+        index=index,
+        base_coeff=beta,
+    )
+    ref = plain()
+    torch.testing.assert_close(fused, ref)
+    weight = torch.randn_like(ref)
+    for a, b in zip(
+        torch.autograd.grad((fused * weight).sum(), inputs),
+        torch.autograd.grad((ref * weight).sum(), inputs),
+    ):
+        torch.testing.assert_close(a, b)

@@ -50,6 +50,9 @@ class _ParameterPart:
     residual: Tensor | None = None
     status: Tensor | None = None
     solved: bool = False
+    # merge_top_k with identity curvature and no mask: ``vectors`` are the raw experts E_i and
+    # the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ)
+    raw: bool = False
 
 
 @dataclass
@@ -350,9 +353,10 @@ class MoEFeedForward(nn.Module):
         for name, v in part.vectors.items():
             flat = v.reshape(v.shape[0], -1).to(coeff.dtype)
             if index is not None:
-                w = torch.bmm(coeff[:, None], flat[index])[:, 0]
+                w = F.embedding_bag(index, flat, per_sample_weights=coeff, mode="sum")
                 if part.base is not None:
-                    w = w + part.base[name].reshape(1, -1).to(coeff.dtype)
+                    b = part.base[name].reshape(1, -1).to(coeff.dtype)
+                    w = w + (1 - coeff.sum(dim=-1, keepdim=True)) * b if part.raw else w + b
             elif part.base is None:
                 w = coeff @ flat
             else:
@@ -385,7 +389,13 @@ class MoEFeedForward(nn.Module):
             if cfg.unit == "segment":
                 units = split_segments(x, cfg.segment_len).reshape(-1, cfg.segment_len, d)
             out = merge_and_apply(
-                units, coeff, part.base, part.vectors, activation=cfg.activation, index=index
+                units,
+                coeff,
+                part.base,
+                part.vectors,
+                activation=cfg.activation,
+                index=index,
+                base_coeff=1 - coeff.sum(dim=-1) if part.raw else None,
             )
             out = out.reshape(b, -1, d)[:, :s]
         elif cfg.unit == "token":
@@ -462,13 +472,24 @@ class MoEFeedForward(nn.Module):
             base, layer_index = incoming.base, incoming.layer
         else:
             base, layer_index = self.base_tensors(), 0
+        raw = cfg.merge_top_k is not None and cfg.curvature_rank == 0 and cfg.merge_mask == "none"
+        if raw and cfg.method in ("camex", "ep-camex"):  # the N domain vectors are never formed
+            part = _ParameterPart(base=base, vectors=experts, next_state=incoming, raw=True)
+            if cfg.method == "ep-camex":  # (γ/N) Σ_i τ_i = γ (mean_i E_i − E_m)
+                step = {name: e.mean(dim=0) - base[name] for name, e in experts.items()}
+                part.next_state = PropagationState(
+                    base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
+                )
+            return part
         tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":
             masked = {name: t * _ties_mask(t) for name, t in tau.items()}
         else:
             masked = tau
         curved = self.curvature(masked) if cfg.curvature_rank > 0 else masked
-        part = _ParameterPart(base=base, vectors=curved, next_state=incoming)
+        part = _ParameterPart(
+            base=base, vectors=experts if raw else curved, next_state=incoming, raw=raw
+        )
         if not cfg.propagates:
             return part
         if cfg.method == "ep-camex":
