@@ -49,7 +49,9 @@ def step(stack, x):
 
 def commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
         return out.stdout.strip()
     except OSError:
         return "unknown"
@@ -134,9 +136,8 @@ def main() -> None:
             f"{spread:>15} {r['vs_dense']:>8.2f} {vs_n:>7}"
         )
     meta = dict(
-        command="python benchmarks/bench_merge_top_k.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "quick"
-        ),
+        command="python benchmarks/bench_merge_top_k.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "quick"),
         commit=commit(),
         torch=torch.__version__,
         threads=torch.get_num_threads(),

@@ -317,3 +317,32 @@ def test_sparse_merge_and_apply_matches_plain_autograd(with_beta, chunk_bytes):
         torch.autograd.grad((ref * weight).sum(), inputs),
     ):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method", ["smear", "ep-camex", "namex-full-mom"])
+def test_merge_top_k_and_shared_under_bf16_autocast(method):
+    torch.manual_seed(0)
+    cfg = MoEConfig(
+        method=method,
+        d_model=8,
+        d_ff=16,
+        num_experts=6,
+        segment_len=4,
+        merge_top_k=2,
+        shared_experts=1,
+        shared_gate=True,
+        init_std=0.2,
+    )
+    layers = [MoEFeedForward(cfg, owns_base=(i == 0)) for i in range(2)]
+    from .naive import module_stack
+
+    x = torch.randn(2, 10, 8)
+    ref = module_stack(layers, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module_stack(layers, x)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)
+    out.float().sum().backward()
+    for layer in layers:
+        for name, p in layer.named_parameters():
+            if p.grad is not None:
+                assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name

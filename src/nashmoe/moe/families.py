@@ -206,7 +206,9 @@ def _get(module: nn.Module, path: str):
 
 def _check(name: str, tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} from the config, got {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name}: expected shape {shape} from the config, got {tuple(tensor.shape)}"
+        )
 
 
 @torch.no_grad()

@@ -606,9 +606,7 @@ class MoEFeedForward(nn.Module):
                 logits = self._logits(cache.segment_sum / t)
                 cache.scores = torch.softmax(_at_least_float32(logits), dim=-1)
                 merge_scores, index = self._selection(cache.scores)
-                cache.weights = self._merge(
-                    part, self._coefficients(merge_scores, x.dtype), index
-                )
+                cache.weights = self._merge(part, self._coefficients(merge_scores, x.dtype), index)
                 cache.segment_sum = torch.zeros_like(cache.segment_sum)
             outs.append(merged_ffn(token, cache.weights, self.act))
             cache.segment_sum = cache.segment_sum + token[:, 0]
