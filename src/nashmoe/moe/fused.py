@@ -68,7 +68,8 @@ def _merged(name_shapes, c, base, vectors, idx=None, beta=None):
         else:
             w = F.embedding_bag(idx, flat, per_sample_weights=c, mode="sum")
             if b is not None:
-                w = w + b.reshape(1, -1) if beta is None else w.addr(beta, b.reshape(-1))
+                b = b.reshape(1, -1)  # in place: the gather's output is a fresh tensor
+                w = w.add_(b) if beta is None else w.addcmul_(beta[:, None], b)
         out[name] = w.view(c.shape[0], *shape)
     return out
 
