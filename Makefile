@@ -27,7 +27,7 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 venv: $(VENV)/.stamp-dev
 
 demo: $(VENV)/.stamp-demo
-	$(VENV)/bin/nashmoe compare --out runs/compare-default
+	$(VENV)/bin/nashmoe compare --out runs/compare-default --overwrite
 
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -42,4 +42,6 @@ def data_file(relative: str, data_dir: str | os.PathLike[str] | None = None) -> 
     path = root / relative
     if not path.exists():
         raise FileNotFoundError(f"missing data file {relative!r}: looked for {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} is a directory, not a file")
     return path

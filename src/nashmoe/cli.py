@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from nashmoe._version import __version__
+from nashmoe._warnings import NashmoeWarning
 
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
     "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
     "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
+    "vision": (
+        "nashmoe.vision.cli",
+        "MoE ViT on CIFAR-10: clean and corrupted (CIFAR-10-C) accuracy",
+    ),
 }
 
 
@@ -57,7 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
+        warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+        return int(module.run(args) or 0)
+
+
+def _one_line_warnings(command: str, default):
+    """A ``warnings.showwarning`` that prints nashmoe's own warnings (e.g. a damaged checkpoint
+    that was skipped) as ``nashmoe <command>: warning: ...`` and leaves the others alone."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NashmoeWarning):
+            print(f"nashmoe {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,8 +105,10 @@ def test_resume_refuses_different_settings(tmp_path, small_corpus):
         train(tiny_config(tmp_path / "r", steps=2, lr=0.01), corpus=small_corpus, resume=True)
 
 
-def test_resume_without_checkpoint_starts_afresh(tmp_path, small_corpus):
-    result = train(tiny_config(tmp_path / "new", steps=2), corpus=small_corpus, resume=True)
+def test_resume_auto_without_checkpoint_starts_afresh(tmp_path, small_corpus):
+    # resume=True with nothing to resume is an error (tests/reliability/test_run_dirs.py);
+    # "auto" (what compare --resume uses per run) starts afresh
+    result = train(tiny_config(tmp_path / "new", steps=2), corpus=small_corpus, resume="auto")
     assert result.best_step == 2
 
 

@@ -179,7 +179,16 @@ def load_gpt2_tokenizer(data_dir: str | os.PathLike[str] | None = None) -> BPETo
 
     vocab, merges = (require_data_file(rel, data_dir, what="GPT-2's BPE") for rel in GPT2_FILES)
     tk = _tokenizers()
-    tok = tk.Tokenizer(tk.models.BPE.from_file(str(vocab), str(merges)))
+    for path in (vocab, merges):
+        if path.stat().st_size == 0:
+            raise ValueError(f"GPT-2's BPE file {str(path)!r} is empty")
+    try:
+        model = tk.models.BPE.from_file(str(vocab), str(merges))
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(
+            f"GPT-2's BPE files {str(vocab)!r} and {str(merges)!r} cannot be read ({e})"
+        ) from None
+    tok = tk.Tokenizer(model)
     _byte_level(tok)
     tok.add_special_tokens([ENDOFTEXT])
     return BPETokenizer(tok, name="gpt2")

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nashmoe._argtypes import nonneg_float, positive_float, positive_int, probability
+
 __all__ = ["add_arguments", "run"]
 
 LOSS_NAMES = ("ce", "ova", "picce_ce", "picce_ova")
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument(
         "--num-experts",
-        type=int,
+        type=positive_int,
         default=None,
         help="J: synthetic experts (default 4), simulated annotators (3), or the first J of the "
         "3 CIFAR-10N annotators (3)",
@@ -52,17 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="overlapped",
         help="synthetic expert family",
     )
-    parser.add_argument("--specialty-size", type=int, default=3)
-    parser.add_argument("--p-in", type=float, default=0.9)
-    parser.add_argument("--p-out", type=float, default=0.0)
+    parser.add_argument("--specialty-size", type=positive_int, default=3)
+    parser.add_argument("--p-in", type=probability, default=0.9)
+    parser.add_argument("--p-out", type=probability, default=0.0)
     parser.add_argument(
         "--model", default=None, help="cnn or kmeans-mlp (images), bow (text); default cnn / bow"
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="default 5 (cnn), 15 (kmeans-mlp), 8 (bow)"
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="default 5 (cnn), 15 (kmeans-mlp), 8 (bow)",
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help="default 0.05 (SGD), 1e-3 (AdamW), 5e-3 (bow)"
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="default 0.05 (SGD), 1e-3 (AdamW), 5e-3 (bow)",
     )
     parser.add_argument(
         "--optimizer",
@@ -71,32 +79,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default sgd for cnn, adam otherwise",
     )
     parser.add_argument(
-        "--weight-decay", type=float, default=None, help="default 5e-4 (cnn), 0 otherwise"
+        "--weight-decay", type=nonneg_float, default=None, help="default 5e-4 (cnn), 0 otherwise"
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=16, help="SmallCNN width")
-    parser.add_argument("--hidden", type=int, default=256, help="MLP / text model hidden size")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--width", type=positive_int, default=16, help="SmallCNN width")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=256, help="MLP / text model hidden size"
+    )
     parser.add_argument(
         "--train-limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="train on a stratified subset of this many examples",
     )
     parser.add_argument(
         "--image-limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="cifar10n: decode only the first N train images (quick checks)",
     )
     parser.add_argument(
         "--split-sizes",
-        type=int,
+        type=positive_int,
         nargs=3,
         default=None,
         metavar=("TRAIN", "VAL", "TEST"),
         help="cifar10n split (default 40000 5000 5000)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument("--data-dir", default=None, help="data folder (else $NASHMOE_DATA)")
     parser.add_argument(
         "--cache-dir",

@@ -17,6 +17,8 @@ import math
 import sys
 from pathlib import Path
 
+from nashmoe._argtypes import nonneg_int, positive_float, positive_int, probability
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -48,21 +50,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="data folder (default $NASHMOE_DATA)")
     parser.add_argument("--out", default=None, help="output folder (JSON results, table, plot)")
     hp = parser.add_argument_group("hyperparameters (default: per data set, see DATASET_DEFAULTS)")
-    hp.add_argument("--epochs", type=int, default=None)
-    hp.add_argument("--bargain-epochs", type=int, default=None, help="exact stage-1 epochs")
-    hp.add_argument("--lr", type=float, default=None)
-    hp.add_argument("--dropout", type=float, default=None)
-    hp.add_argument("--batch-size", type=int, default=None)
-    hp.add_argument("--meta-per-cell", type=int, default=3)
+    hp.add_argument("--epochs", type=positive_int, default=None)
+    hp.add_argument("--bargain-epochs", type=nonneg_int, default=None, help="exact stage-1 epochs")
+    hp.add_argument("--lr", type=positive_float, default=None)
+    hp.add_argument("--dropout", type=probability, default=None)
+    hp.add_argument("--batch-size", type=positive_int, default=None)
+    hp.add_argument("--meta-per-cell", type=positive_int, default=3)
     hp.add_argument("--val-loss", choices=("ce+soft_f1", "ce"), default=None)
     hp.add_argument("--weight-norm", choices=("l2", "sum"), default=None)
     hp.add_argument("--players", choices=("group_label", "group"), default=None)
     hp.add_argument("--erm-reduction", choices=("reference", "mean"), default=None)
-    hp.add_argument("--cvar-fraction", type=float, default=None)
+    hp.add_argument("--cvar-fraction", type=probability, default=None)
     hp.add_argument("--selection-metric", choices=list(SELECTION_METRICS), default=None)
     hp.add_argument("--backend", choices=("auto", "func", "ghost"), default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
@@ -71,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--tasks", default=",".join(BENCHMARK_TASKS))
     bench.add_argument("--methods", default=",".join(METHODS))
     bench.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,3")
-    bench.add_argument("--jobs", type=int, default=1, help="worker processes")
+    bench.add_argument("--jobs", type=positive_int, default=1, help="worker processes")
     bench.add_argument("--no-resume", action="store_true", help="rerun existing run files")
     bench.add_argument("--no-plot", action="store_true")
 

@@ -337,8 +337,31 @@ class GPT(nn.Module):
         With ``use_cache`` the keys/values and the MoE segment state are cached, exact for causal
         segment routing: the tokens equal those of repeated full forward passes. Once the context
         would exceed ``block_size``, generation continues without the cache on the last
-        ``block_size`` tokens (as nanoGPT does).
+        ``block_size`` tokens (as nanoGPT does). A prompt longer than ``block_size`` is therefore
+        accepted and returned whole, but only its last ``block_size`` tokens are seen.
+
+        Args:
+            idx: ``[B, S]`` token ids with ``S >= 1``.
+            max_new_tokens: >= 0 (0 returns ``idx``).
+            temperature: >= 0 and finite; 0 means greedy (argmax).
+            top_k: sample among the ``top_k >= 1`` likeliest tokens (None: all).
+
+        Raises:
+            ValueError: an argument out of range (the message names it).
         """
+        if idx.dim() != 2 or idx.shape[1] < 1:
+            raise ValueError(
+                f"idx must be [batch, length] with length >= 1 (a non-empty prompt), "
+                f"got shape {tuple(idx.shape)}"
+            )
+        if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens:
+            raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0 (0: greedy), got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
         was_training = self.training
         self.eval()
         try:

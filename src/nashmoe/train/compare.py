@@ -9,6 +9,11 @@ table and a plain verdict) and the plots of :mod:`nashmoe.train.plots`.
 
 Several seeds give mean ± std (sample std). ``jobs > 1`` runs that many trainings in parallel
 processes (one thread each by default); step times are then measured under contention.
+
+A run that diverges (a non-finite loss or gradient, :class:`~nashmoe.train.TrainingDiverged`)
+is recorded as diverged (step and reason) and left out of the table; the other runs go on, and
+``results.json`` / ``results.md`` list the diverged ones. An ``out`` that already holds runs needs
+``resume`` (reuse and continue them) or ``overwrite`` (replace them).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import torch
 from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
-from nashmoe.train.checkpoint import write_json_atomic
+from nashmoe.train.checkpoint import read_json, write_json_atomic
 from nashmoe.train.config import TrainConfig
+from nashmoe.train.divergence import TrainingDiverged
 from nashmoe.train.loggers import read_metrics
 from nashmoe.train.report import format_table, summarize, verdict
+from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, git_state, train
 
 __all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
@@ -104,7 +111,8 @@ def expert_similarity(model: torch.nn.Module, corpus: Corpus, *, blocks: int = 8
 
 @dataclass
 class CompareResult:
-    """Outcome of :func:`compare`: every run's record, the per-method summary, and the files."""
+    """Outcome of :func:`compare`: every run's record, the per-method summary (of the runs that
+    finished), the runs that diverged, and the files."""
 
     runs: list[dict[str, Any]]
     summary: list[dict[str, Any]]
@@ -112,6 +120,7 @@ class CompareResult:
     verdict: str
     out: Path
     files: dict[str, str] = field(default_factory=dict)
+    diverged: list[dict[str, Any]] = field(default_factory=list)
 
 
 _CORPUS_CACHE: dict[tuple, Corpus] = {}
@@ -132,14 +141,14 @@ def _corpus_for(config: TrainConfig) -> Corpus:
     return _CORPUS_CACHE[key]
 
 
-def _run_one(config_dict: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Train (or reuse) one run and measure expert similarity; returns its record."""
+def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or reuse) one run and measure expert similarity; returns its record (with a
+    ``diverged`` entry instead of results when the run diverged)."""
     config = TrainConfig.from_dict(config_dict)
     run_dir = Path(config.out_dir)
     record_path = run_dir / "record.json"
     if resume and record_path.is_file():
-        with open(record_path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = read_json(record_path)
         if record.get("config") == config.to_dict():
             record["reused"] = True
             return record
@@ -147,7 +156,26 @@ def _run_one(config_dict: dict[str, Any], resume: bool) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     corpus = _corpus_for(config)
     t0 = time.perf_counter()
-    result = train(config, corpus=corpus, resume=resume)
+    try:
+        result = train(
+            config, corpus=corpus, resume="auto" if resume else False, overwrite=overwrite
+        )
+    except TrainingDiverged as e:
+        record = {
+            "method": config.method,
+            "seed": config.seed,
+            "run_dir": str(run_dir),
+            "diverged": {
+                "step": e.step,
+                "what": e.what,
+                "message": str(e),
+                "checkpoint": None if e.checkpoint is None else str(e.checkpoint),
+            },
+            "config": config.to_dict(),
+            "wall_time_s": time.perf_counter() - t0,
+        }
+        write_json_atomic(record_path, record)
+        return record
     record = result.to_dict()
     record["similarity"] = expert_similarity(result.model, corpus)
     record["wall_time_s"] = time.perf_counter() - t0
@@ -163,6 +191,7 @@ def compare(
     out: str | os.PathLike[str] = "runs/compare",
     jobs: int = 1,
     resume: bool = False,
+    overwrite: bool = False,
     plots: bool = True,
     command: str | None = None,
     log=print,
@@ -177,7 +206,9 @@ def compare(
         out: output directory.
         jobs: parallel training processes.
         resume: reuse finished runs in ``out`` (same settings) and resume unfinished ones from
-            their checkpoints.
+            their checkpoints (runs without a checkpoint start afresh).
+        overwrite: replace the runs already in ``out``. Without ``resume`` or ``overwrite``, an
+            ``out`` that holds any of the runs is an error (before anything is trained).
         plots: write the PNG plots (needs matplotlib).
         command: the command line, recorded in the outputs.
         log: where progress messages go.
@@ -186,8 +217,9 @@ def compare(
     seeds = [int(s) for s in seeds]
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    out = check_writable_dir(out, option="--out")
     configs = [
         base.replace(
             method=m,
@@ -199,6 +231,13 @@ def compare(
         for s in seeds
         for m in methods
     ]
+    if not resume and not overwrite:
+        existing = [c.out_dir for c in configs if is_existing_run(c.out_dir)]
+        if existing:
+            raise RunDirError(
+                f"{out} already holds run(s) {', '.join(Path(e).name for e in existing)}; pass "
+                "--resume to reuse and continue them or --overwrite to replace them"
+            )
     t0 = time.perf_counter()
     git = git_state()  # the code the runs start with (later commits do not change them)
     if jobs == 1:
@@ -208,6 +247,12 @@ def compare(
     def done(rec: dict[str, Any]) -> None:
         records.append(rec)
         tag = " (reused)" if rec.get("reused") else ""
+        if rec.get("diverged"):
+            log(
+                f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: DIVERGED: "
+                f"{rec['diverged']['message']}{tag}"
+            )
+            return
         log(
             f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
             f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
@@ -216,23 +261,38 @@ def compare(
 
     if jobs == 1:
         for cfg in configs:
-            done(_run_one(cfg.to_dict(), resume))
+            done(_run_one(cfg.to_dict(), resume, overwrite))
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, cfg.to_dict(), resume) for cfg in configs]
+            futures = [pool.submit(_run_one, cfg.to_dict(), resume, overwrite) for cfg in configs]
             for fut in as_completed(futures):
                 done(fut.result())
     order = {(c.method, c.seed): i for i, c in enumerate(configs)}
     records.sort(key=lambda r: order[(r["method"], r["seed"])])
-    summary = summarize(records, methods)
+    finished = [r for r in records if not r.get("diverged")]
+    diverged = [
+        {"method": r["method"], "seed": r["seed"], "run_dir": r["run_dir"], **r["diverged"]}
+        for r in records
+        if r.get("diverged")
+    ]
+    summary = summarize(finished, methods)
     table = format_table(summary)
-    text = verdict(summary)
+    text = verdict(summary) if finished else "No run finished: every run diverged."
+    if diverged:
+        text += (
+            " Diverged (left out of the table): "
+            + "; ".join(
+                f"{d['method']} seed {d['seed']} at step {d['step']} (non-finite {d['what']})"
+                for d in diverged
+            )
+            + "."
+        )
     wall = time.perf_counter() - t0
     files: dict[str, str] = {}
-    if plots:
-        files.update(_write_plots(records, summary, methods, out))
+    if plots and finished:
+        files.update(_write_plots(finished, summary, methods, out))
     info = {
         "command": command,
         "methods": methods,
@@ -255,6 +315,7 @@ def compare(
             **info,
             "summary": summary,
             "verdict": text,
+            "diverged": diverged,
             "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
             "files": files,
         },
@@ -263,7 +324,13 @@ def compare(
     files["results.json"] = str(out / "results.json")
     files["results.md"] = str(out / "results.md")
     return CompareResult(
-        runs=records, summary=summary, table=table, verdict=text, out=out, files=files
+        runs=records,
+        summary=summary,
+        table=table,
+        verdict=text,
+        out=out,
+        files=files,
+        diverged=diverged,
     )
 
 

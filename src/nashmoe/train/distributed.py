@@ -74,7 +74,13 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for where it is not available (the
+            message names the device as given).
+    """
+    requested = device
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda":
@@ -82,9 +88,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise ValueError(f"unknown device {requested!r} (use auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"device {requested!r} requested but CUDA is not available")
     return dev
 
 

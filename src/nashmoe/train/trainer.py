@@ -15,7 +15,13 @@ Commands (see also ``nashmoe train --help``)::
 
     nashmoe train --corpus shakespeare --preset tiny --method namex-full-mom --steps 2000
     nashmoe train --out runs/my-run --resume                  # continue after a crash
+    nashmoe train --out runs/my-run --overwrite               # replace an earlier run
     torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32 ...
+
+Safety: a run directory is locked (``run.lock``) while a run writes it; a new run over an
+existing one needs ``overwrite``, ``resume=True`` needs a checkpoint; a non-finite loss or
+gradient stops the run (:class:`~nashmoe.train.divergence.TrainingDiverged`) before the update
+and keeps the last good checkpoint; checkpoints are verified when written and when resumed from.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +48,9 @@ from nashmoe.models import GPT, GPTConfig
 from nashmoe.train.checkpoint import (
     BEST_MODEL,
     Checkpoint,
-    find_checkpoint,
+    CheckpointError,
+    CheckpointWarning,
+    has_checkpoint,
     load_checkpoint,
     save_checkpoint,
     write_json_atomic,
@@ -59,12 +68,21 @@ from nashmoe.train.distributed import (
     unwrap,
     wrap_model,
 )
+from nashmoe.train.divergence import TrainingDiverged, nonfinite_report
 from nashmoe.train.evaluate import evaluate
 from nashmoe.train.loggers import MetricsLogger
 from nashmoe.train.optim import build_optimizer, lr_at
 from nashmoe.train.progress import Progress
+from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, prepare_run_dir
 
-__all__ = ["TrainResult", "git_state", "resolve_dtype", "resume_checkpoint", "train"]
+__all__ = [
+    "TrainResult",
+    "TrainingDiverged",
+    "git_state",
+    "resolve_dtype",
+    "resume_checkpoint",
+    "train",
+]
 
 # Fields that may differ between a run and its resumption (they do not change the numbers).
 _RESUMABLE_CHANGES = {
@@ -252,16 +270,37 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
         )
 
 
-def resume_checkpoint(config: TrainConfig, *, world_size: int = 1) -> Checkpoint | None:
-    """The checkpoint a resumed run of ``config`` continues from (None: start afresh).
+def resume_checkpoint(
+    config: TrainConfig,
+    *,
+    world_size: int = 1,
+    required: bool = False,
+    allow_missing_optimizer: bool = False,
+) -> Checkpoint | None:
+    """The newest intact checkpoint a resumed run of ``config`` continues from (None: start
+    afresh).
+
+    Args:
+        required: no checkpoint at all is an error (``--resume`` with nothing to resume).
+        allow_missing_optimizer: a checkpoint without its optimizer state is usable (the
+            optimizer then starts afresh); otherwise such a checkpoint is skipped for an older
+            complete one, and an error when there is none.
 
     Raises:
+        RunDirError: ``required`` and the run directory holds no checkpoint.
+        CheckpointError: no intact checkpoint (each problem named).
         ValueError: the checkpoint was written with different settings or process count.
     """
-    found = find_checkpoint(config.out_dir)
-    if found is None:
+    if not has_checkpoint(Path(config.out_dir) / "checkpoints"):
+        if required:
+            raise RunDirError(
+                f"--resume: nothing to resume in {config.out_dir} (no checkpoints/latest.json); "
+                "start without --resume"
+            )
         return None
-    checkpoint = load_checkpoint(found)
+    checkpoint = load_checkpoint(
+        Path(config.out_dir) / "checkpoints", need_optimizer=not allow_missing_optimizer
+    )
     _check_resumable(checkpoint.state["config"], config)
     if checkpoint.state.get("world_size", 1) != world_size:
         raise ValueError(
@@ -287,7 +326,9 @@ def train(
     config: TrainConfig,
     *,
     corpus: Corpus | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    allow_missing_optimizer: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress_stream=None,
 ) -> TrainResult:
@@ -297,28 +338,76 @@ def train(
         config: the run's settings.
         corpus: an already loaded corpus (``nashmoe compare`` loads it once); default: loaded
             from ``config``.
-        resume: continue from the run directory's latest checkpoint (a fresh start when there is
-            none). The settings must match the checkpoint's, except the output, data location,
-            logging and device fields.
+        resume: ``True``: continue from the run directory's newest intact checkpoint (an error
+            when there is none); ``"auto"``: the same when there is one, else a fresh start;
+            ``False``: a fresh start, in an empty directory unless ``overwrite``. The settings
+            must match the checkpoint's, except the output, data location, logging and device
+            fields.
+        overwrite: start afresh over an earlier run in ``config.out_dir`` (its checkpoints,
+            logs and results are deleted first).
+        allow_missing_optimizer: resume from a checkpoint whose optimizer state is missing,
+            with a fresh optimizer (otherwise an older complete checkpoint is used, or it is an
+            error).
         on_step: called on every rank after every optimiser step (before its checkpoint is
             written) with the step number and the metrics logged at that step (empty when none).
         progress_stream: where the plain progress fallback writes (default stderr).
 
     Returns:
         A :class:`TrainResult` with the selected model.
+
+    Raises:
+        RunDirError: the run directory is locked by another process, holds an earlier run
+            (without ``resume``/``overwrite``), has nothing to resume, or cannot be written.
+        TrainingDiverged: a non-finite loss or gradient (the last good checkpoint is kept).
+        OSError: a checkpoint could not be written (``latest.json`` still points at the last
+            intact one).
     """
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     ctx = init_distributed(config.device, config.distributed)
+    lock = None
     try:
-        return _train(config, ctx, corpus, resume, on_step, progress_stream)
+        lock = _claim_run_dir(config, ctx, resume=resume, overwrite=overwrite)
+        return _train(
+            config, ctx, corpus, resume, allow_missing_optimizer, on_step, progress_stream
+        )
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed(ctx)
+
+
+def _claim_run_dir(
+    config: TrainConfig, ctx: DistContext, *, resume: bool | str, overwrite: bool
+) -> RunLock | None:
+    """Rank 0 checks and locks the run directory; every rank learns the outcome (so that an
+    error stops all of them instead of leaving the others waiting in a collective)."""
+    lock: RunLock | None = None
+    error: Exception | None = None
+    if ctx.is_main:
+        try:
+            check_writable_dir(config.out_dir, option="--out")
+            lock = RunLock(config.out_dir).acquire()
+            prepare_run_dir(config.out_dir, resume=resume, overwrite=overwrite)
+        except (RunDirError, OSError) as e:
+            error = e
+            if lock is not None:
+                lock.release()
+                lock = None
+    messages = all_gather_objects(None if error is None else str(error), ctx)
+    if error is not None:
+        raise error
+    if messages[0] is not None:
+        raise RunDirError(messages[0])
+    return lock
 
 
 def _train(
     config: TrainConfig,
     ctx: DistContext,
     corpus: Corpus | None,
-    resume: bool,
+    resume: bool | str,
+    allow_missing_optimizer: bool,
     on_step: Callable[[int, dict[str, float]], None] | None,
     progress_stream,
 ) -> TrainResult:
@@ -334,7 +423,16 @@ def _train(
             f"{config.grad_accum} × {ctx.world_size}"
         )
 
-    checkpoint = resume_checkpoint(config, world_size=ctx.world_size) if resume else None
+    checkpoint = (
+        resume_checkpoint(
+            config,
+            world_size=ctx.world_size,
+            required=resume is True,
+            allow_missing_optimizer=allow_missing_optimizer,
+        )
+        if resume
+        else None
+    )
 
     if corpus is None:
         corpus = corpus_for(config)
@@ -379,6 +477,14 @@ def _train(
         opt_state = checkpoint.optimizer_state()
         if opt_state is not None:
             _load_optimizer_state(wrapped, opt, opt_state, ctx)
+        elif ctx.is_main:
+            warnings.warn(
+                f"resuming from {checkpoint.path} without its optimizer state "
+                "(allow_missing_optimizer): AdamW starts afresh, so the run is not an exact "
+                "continuation",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         _set_rng_state(st["rng"][ctx.rank], device)
         generator.set_state(_unb64(st["data_generator"]))
         monitor.load_state_dict(st["monitor"])
@@ -390,6 +496,7 @@ def _train(
             best_state = checkpoint.best_model_state()
             best_file = checkpoint.path / BEST_MODEL
         start_step = checkpoint.step
+    last_checkpoint: Path | None = checkpoint.path if checkpoint is not None else None
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -451,6 +558,7 @@ def _train(
             )
             for group in opt.param_groups:
                 group["lr"] = lr
+            step_loss = torch.zeros((), dtype=torch.float64, device=device)
             for m in range(config.grad_accum):
                 x, y = get_batch(
                     train_data,
@@ -471,6 +579,7 @@ def _train(
                         out = wrapped(x, y)
                     loss = (out.loss + out.aux_loss) / config.grad_accum
                     loss.backward()
+                step_loss += loss.detach().double()
                 pending_loss += out.loss.detach().double() / config.grad_accum
                 pending_aux += out.aux_loss.detach().double() / config.grad_accum
                 monitor.update(out.aux)
@@ -480,8 +589,14 @@ def _train(
             base_norm = base_grad_norm(model) if log_now else None
             if config.grad_clip > 0:
                 grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+                check_norm = grad_norm
             else:
                 grad_norm = None
+                grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
+                check_norm = nn.utils.get_total_norm(grads) if grads else None
+            bad = nonfinite_report(step_loss, check_norm, ctx)
+            if bad is not None:  # before the update: the weights stay those of the last step
+                raise TrainingDiverged(done, bad, last_checkpoint)
             opt.step()
             opt.zero_grad(set_to_none=True)
             pending_steps += 1
@@ -525,6 +640,10 @@ def _train(
                 te = time.perf_counter()
                 last_valid = evaluate(eval_model, corpus.valid, **eval_kwargs)
                 timing["eval_time_s"] += time.perf_counter() - te
+                if not math.isfinite(last_valid["loss"]):
+                    raise TrainingDiverged(
+                        done, f"validation loss ({last_valid['loss']})", last_checkpoint
+                    )
                 metrics["val/loss"] = last_valid["loss"]
                 metrics["val/ppl"] = last_valid["ppl"]
                 if last_valid["loss"] < best["val_loss"]:
@@ -546,7 +665,7 @@ def _train(
             if (config.ckpt_interval and done % config.ckpt_interval == 0) or (
                 done == config.steps
             ):
-                best_file = _write_checkpoint(
+                best_file, last_checkpoint = _write_checkpoint(
                     ckpt_root,
                     done,
                     ctx=ctx,
@@ -631,13 +750,17 @@ def _write_checkpoint(
     timing: dict[str, Any],
     last_valid: dict[str, float] | None,
     base_norm: float | None,
-) -> Path | None:
+) -> tuple[Path | None, Path]:
     """Gather the state on every rank (collectives), write it on rank 0; returns the path of
-    the best weights file now on disk."""
+    the best weights file now on disk and the checkpoint directory.
+
+    Raises:
+        OSError: on every rank, when rank 0 could not write the checkpoint.
+    """
     model_state = _full_model_state(wrapped, ctx)
     opt_state = _optimizer_state(wrapped, opt, ctx)
     rng = all_gather_objects(_rng_state(ctx.device), ctx)
-    path = None
+    error: Exception | None = None
     if ctx.is_main:
         state = {
             "config": config.to_dict(),
@@ -666,14 +789,23 @@ def _write_checkpoint(
             "base_grad_norm": base_norm,
         }
         best_arg: Any = best_file if best_file is not None else best_state
-        path = save_checkpoint(
-            root,
-            step,
-            model_state=model_state,
-            optimizer_state=opt_state,
-            state=json.loads(json.dumps(state)),
-            best_model=best_arg,
-            keep=config.keep_checkpoints,
-        )
-    barrier(ctx)
-    return path / BEST_MODEL if path is not None and best_state is not None else None
+        try:
+            save_checkpoint(
+                root,
+                step,
+                model_state=model_state,
+                optimizer_state=opt_state,
+                state=json.loads(json.dumps(state)),
+                best_model=best_arg,
+                keep=config.keep_checkpoints,
+            )
+        except (OSError, CheckpointError) as e:  # rank 0 only: tell the others, then stop
+            error = e
+    messages = all_gather_objects(None if error is None else str(error), ctx)
+    if error is not None:
+        raise error
+    if messages[0] is not None:
+        raise OSError(messages[0])
+    final = root / f"step-{step:08d}"
+    best_path = final / BEST_MODEL if best_state is not None else None
+    return best_path, final

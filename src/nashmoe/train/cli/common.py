@@ -7,12 +7,14 @@ import os
 import sys
 from typing import Any
 
+from nashmoe._argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 from nashmoe.data import CORPORA, TOKENIZERS
 from nashmoe.models import PRESETS
 from nashmoe.train.config import DTYPES, TrainConfig, parse_model_overrides
 
-#: Errors a user can fix (bad option, missing data file, missing extra): one line, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+#: Errors a user can fix (bad option, missing or unreadable data file, a damaged checkpoint, an
+#: unwritable or full output directory, a missing extra): one line, exit code 2.
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -27,8 +29,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
         "--data-dir", default=None, help="data directory (default $NASHMOE_DATA); brown, gpt2"
     )
     data.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")
-    data.add_argument("--min-freq", type=int, default=None, help="word vocabulary cut-off")
-    data.add_argument("--bpe-vocab-size", type=int, default=None)
+    data.add_argument("--min-freq", type=positive_int, default=None, help="word vocabulary cut-off")
+    data.add_argument("--bpe-vocab-size", type=positive_int, default=None)
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default=d.get("preset", "tiny"))
@@ -43,32 +45,34 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
     )
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, default=d.get("steps", 1000))
+    opt.add_argument("--steps", type=positive_int, default=d.get("steps", 1000))
     opt.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=d.get("batch_size", 16),
         help="sequences per optimiser step, over all processes and accumulation steps",
     )
-    opt.add_argument("--grad-accum", type=int, default=1)
-    opt.add_argument("--lr", type=float, default=d.get("lr", 1e-3))
-    opt.add_argument("--min-lr", type=float, default=None, help="default lr / 10")
-    opt.add_argument("--warmup", type=int, default=None, help="default 5%% of the steps")
-    opt.add_argument("--weight-decay", type=float, default=0.1)
-    opt.add_argument("--grad-clip", type=float, default=1.0)
+    opt.add_argument("--grad-accum", type=positive_int, default=1)
+    opt.add_argument("--lr", type=positive_float, default=d.get("lr", 1e-3))
+    opt.add_argument("--min-lr", type=nonneg_float, default=None, help="default lr / 10")
+    opt.add_argument("--warmup", type=nonneg_int, default=None, help="default 5%% of the steps")
+    opt.add_argument("--weight-decay", type=nonneg_float, default=0.1)
+    opt.add_argument(
+        "--grad-clip", type=nonneg_float, default=1.0, help="gradient-norm clip (0: off)"
+    )
 
     ev = parser.add_argument_group("evaluation and logging")
     ev.add_argument(
         "--eval-interval",
-        type=int,
+        type=positive_int,
         default=d.get("eval_interval"),
         help="evaluate validation every N steps (default: only at the end)",
     )
-    ev.add_argument("--eval-batch-size", type=int, default=d.get("eval_batch_size", 32))
-    ev.add_argument("--log-interval", type=int, default=d.get("log_interval", 10))
+    ev.add_argument("--eval-batch-size", type=positive_int, default=d.get("eval_batch_size", 32))
+    ev.add_argument("--log-interval", type=positive_int, default=d.get("log_interval", 10))
     ev.add_argument(
         "--ckpt-interval",
-        type=int,
+        type=positive_int,
         default=d.get("ckpt_interval"),
         help="checkpoint every N steps (a multiple of --log-interval; default: at the end)",
     )
@@ -80,7 +84,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
     hw.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 autocast on CUDA")
     hw.add_argument(
         "--threads",
-        type=int,
+        type=nonneg_int,
         default=0,
         help="torch CPU threads per process (0: half the CPU cores, at least 1)",
     )
@@ -123,6 +127,23 @@ def config_from_args(args: argparse.Namespace, **fields: Any) -> TrainConfig:
         dtype=args.dtype,
         **fields,
     )
+
+
+def check_output_file(path: str | os.PathLike[str], *, option: str) -> None:
+    """Check, before any work, that ``path`` can be written: its directory exists and is
+    writable, and ``path`` is not a directory.
+
+    Raises:
+        ValueError: naming ``option`` and the path.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a directory")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{option} {path}: the directory {parent} is not writable")
 
 
 def report_error(command: str, err: BaseException) -> int:

@@ -16,6 +16,7 @@ import shlex
 import sys
 from typing import Any
 
+from nashmoe._argtypes import positive_int
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
@@ -24,6 +25,7 @@ from nashmoe.train.cli.common import (
     report_error,
 )
 from nashmoe.train.compare import compare, parse_methods, parse_seeds
+from nashmoe.train.distributed import resolve_device
 
 # The default budget: all nine methods, one seed, evaluation and plots in about 6-8 minutes on a
 # busy 2-core CPU (see docs/results.md for the measurement).
@@ -48,9 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,5,7); default 1"
     )
     parser.add_argument("--out", default="runs/compare", help="output directory")
-    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel processes")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, help="trainings in parallel processes"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="reuse finished runs in --out, resume the others"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the runs already in --out (without --resume or --overwrite, an --out that "
+        "holds runs is an error)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_common_arguments(parser, DEFAULTS)
@@ -84,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.resume and args.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        resolve_device(args.device)
         # every method's shape is checked now (a segment length that does not divide the block
         # size fails here, not after hours of training the methods before it)
         base = config_from_args(
@@ -108,11 +121,12 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             jobs=args.jobs,
             resume=args.resume,
+            overwrite=args.overwrite,
             plots=not args.no_plots,
             command=_command(args),
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
         )
-    except (FileNotFoundError, ImportError) as err:
+    except USER_ERRORS as err:
         return report_error("compare", err)
     print(result.table)
     print()
@@ -120,4 +134,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     for name, path in result.files.items():
         print(f"{name}: {path}")
-    return 0
+    for d in result.diverged:
+        print(
+            f"nashmoe compare: {d['method']} seed {d['seed']} diverged at step {d['step']} "
+            f"(non-finite {d['what']}); see {d['run_dir']}",
+            file=sys.stderr,
+        )
+    return 1 if result.diverged else 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
+from nashmoe._argtypes import positive_int
 from nashmoe.data import SPLITS, load_corpus
-from nashmoe.train.cli.common import USER_ERRORS, report_error
+from nashmoe.train.cli.common import USER_ERRORS, check_output_file, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.evaluate import evaluate
 from nashmoe.train.restore import WEIGHTS, load_model
@@ -26,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", choices=WEIGHTS, default="best", help="best validation (default) or last"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="blocks per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="blocks per forward pass"
+    )
     parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         if bad or not splits:
             raise ValueError(f"unknown split(s) {bad or args.split!r}; choose from {SPLITS}")
         device = resolve_device(args.device)
+        if args.json:
+            check_output_file(args.json, option="--json")
         loaded = load_model(args.checkpoint, weights=args.weights, device=device)
         cfg = loaded.config
         corpus = load_corpus(
@@ -69,12 +75,23 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             autocast=autocast,
         )
+        if not math.isfinite(res["loss"]):
+            return report_error(
+                "eval",
+                ValueError(
+                    f"the {split} loss of {loaded.checkpoint} ({loaded.weights} weights) is "
+                    f"{res['loss']}: the model's outputs are not finite"
+                ),
+            )
         out[split] = res
         print(
             f"{split}: loss {res['loss']:.4f} nats/token, perplexity {res['ppl']:.3f} "
             f"({res['tokens']} tokens; {loaded.weights} weights, step {loaded.step})"
         )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1)
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(out, f, indent=1)
+        except OSError as err:
+            return report_error("eval", err)
     return 0

@@ -8,9 +8,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
+from nashmoe._argtypes import nonneg_float
 from nashmoe.train.cli.common import USER_ERRORS, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.restore import WEIGHTS, load_model
@@ -18,10 +20,18 @@ from nashmoe.train.restore import WEIGHTS, load_model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory or a checkpoint directory")
-    parser.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
+    parser.add_argument(
+        "--prompt",
+        default="\n",
+        help="text to continue (default a newline); printed whole, but a prompt longer than the "
+        "model's block size is cropped to its last block-size tokens as context (a note says so)",
+    )
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per sample")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)"
+        "--temperature",
+        type=nonneg_float,
+        default=0.8,
+        help="sampling temperature (0: greedy; NaN and negative values are rejected)",
     )
     parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest")
     parser.add_argument("--samples", type=int, default=1)
@@ -35,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.tokens < 1:
             raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
-        if args.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
         if args.samples < 1:
@@ -51,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
             ids = [tok.eos_id]
         block = loaded.model_config.block_size
         if len(ids) > block:
-            ids = ids[-block:]
+            print(
+                f"nashmoe generate: note: the prompt is {len(ids)} tokens; the model sees only "
+                f"its last {block} (the block size)",
+                file=sys.stderr,
+            )
     except USER_ERRORS as err:
         return report_error("generate", err)
     gen = torch.Generator(device=device).manual_seed(args.seed)

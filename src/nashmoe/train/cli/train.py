@@ -5,6 +5,7 @@ Examples::
     nashmoe train --method namex-full-mom --steps 2000                   # tiny-shakespeare, tiny
     nashmoe train --corpus brown --preset small --method smoe --data-dir ../shared/data
     nashmoe train --out runs/my-run --resume                             # continue after a crash
+    nashmoe train --out runs/my-run --overwrite                          # replace an earlier run
     torchrun --standalone --nproc_per_node=2 -m nashmoe.cli train --batch-size 32
 """
 
@@ -23,6 +24,9 @@ from nashmoe.train.cli.common import (
     report_error,
 )
 from nashmoe.train.config import DISTRIBUTED
+from nashmoe.train.distributed import resolve_device
+from nashmoe.train.divergence import TrainingDiverged
+from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, resume_checkpoint, train
 
 
@@ -36,7 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", default=None, help="run name (default from the settings)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's newest intact checkpoint (an error when there "
+        "is none)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over an earlier run in --out, deleting its checkpoints and logs "
+        "(without it, an existing run in --out is an error)",
+    )
+    parser.add_argument(
+        "--allow-missing-optimizer",
+        action="store_true",
+        help="with --resume: accept a checkpoint whose optimizer.safetensors is missing and "
+        "continue with a fresh optimizer (not an exact continuation)",
     )
     parser.add_argument(
         "--distributed",
@@ -49,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
     try:
         config = config_from_args(
             args,
@@ -59,13 +79,40 @@ def run(args: argparse.Namespace) -> int:
             distributed=args.distributed,
             threads=auto_threads(args.threads),
         )
+        if args.resume and args.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if args.allow_missing_optimizer and not args.resume:
+            raise ValueError("--allow-missing-optimizer only applies with --resume")
+        resolve_device(args.device)
+        # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
-            resume_checkpoint(config, world_size=world)
+            resume_checkpoint(
+                config,
+                world_size=world,
+                required=True,
+                allow_missing_optimizer=args.allow_missing_optimizer,
+            )
+        elif not args.overwrite and is_existing_run(config.out_dir):
+            raise RunDirError(
+                f"--out {config.out_dir} already holds a run; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        if rank == 0:
+            check_writable_dir(config.out_dir, option="--out")
         corpus = corpus_for(config)
     except USER_ERRORS as err:
         return report_error("train", err)
-    result = train(config, corpus=corpus, resume=args.resume)
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    try:
+        result = train(
+            config,
+            corpus=corpus,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_missing_optimizer=args.allow_missing_optimizer,
+        )
+    except (TrainingDiverged, *USER_ERRORS) as err:
+        return report_error("train", err)
+    if rank == 0:
         summary = {
             "run_dir": str(result.run_dir),
             "valid_ppl": round(result.valid["ppl"], 4),
