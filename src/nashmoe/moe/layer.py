@@ -337,8 +337,8 @@ class MoEFeedForward(nn.Module):
             topk_group=cfg.topk_group,
             selection_bias=getattr(self, "expert_bias", None),
         )
-        if self.training and hasattr(self, "expert_load"):
-            with torch.no_grad():
+        if self.training and hasattr(self, "expert_load") and not _in_backward():
+            with torch.no_grad():  # (a checkpointed recomputation does not count twice)
                 self.expert_load += torch.bincount(
                     top_idx.reshape(-1), minlength=cfg.num_experts
                 ).to(self.expert_load.dtype)
