@@ -18,7 +18,10 @@ from nashmoe.moe.layout import ExpertLayout
 @pytest.mark.parametrize("glu, bias", [(False, False), (True, True), (False, True)])
 @pytest.mark.parametrize("with_base", [True, False])
 @pytest.mark.parametrize("chunk_bytes", [1, 5000, None])
-def test_merge_and_apply_matches_plain_autograd(glu, bias, with_base, chunk_bytes):
+@pytest.mark.parametrize("keep_bytes", [0, None], ids=["rebuild", "keep"])
+def test_merge_and_apply_matches_plain_autograd(glu, bias, with_base, chunk_bytes, keep_bytes):
+    """Both backward modes: merged weights kept from the forward (default budget) and rebuilt
+    chunk by chunk (``keep_merged_bytes=0``)."""
     torch.manual_seed(0)
     layout = ExpertLayout(6, 10, glu=glu, bias=bias)
     u, t, n = 7, 5, 3
@@ -47,7 +50,15 @@ def test_merge_and_apply_matches_plain_autograd(glu, bias, with_base, chunk_byte
             w[k] = merged.view(u, *v.shape[1:])
         return merged_ffn(x, w, activation_fn("silu"))
 
-    fused = merge_and_apply(x, coeff, base, vectors, activation="silu", max_chunk_bytes=chunk_bytes)
+    fused = merge_and_apply(
+        x,
+        coeff,
+        base,
+        vectors,
+        activation="silu",
+        max_chunk_bytes=chunk_bytes,
+        keep_merged_bytes=keep_bytes,
+    )
     ref = plain()
     torch.testing.assert_close(fused, ref)
     weight = torch.randn_like(ref)
@@ -57,7 +68,8 @@ def test_merge_and_apply_matches_plain_autograd(glu, bias, with_base, chunk_byte
         torch.testing.assert_close(a, b)
 
 
-def test_merge_and_apply_gradcheck():
+@pytest.mark.parametrize("keep_bytes", [0, None], ids=["rebuild", "keep"])
+def test_merge_and_apply_gradcheck(keep_bytes):
     torch.manual_seed(0)
     layout = ExpertLayout(3, 4, glu=True, bias=True)
     vectors = [
@@ -68,7 +80,13 @@ def test_merge_and_apply_gradcheck():
 
     def f(x, coeff, *vs):
         return merge_and_apply(
-            x, coeff, None, dict(zip(layout.names, vs)), activation="gelu", max_chunk_bytes=100
+            x,
+            coeff,
+            None,
+            dict(zip(layout.names, vs)),
+            activation="gelu",
+            max_chunk_bytes=100,
+            keep_merged_bytes=keep_bytes,
         )
 
     assert torch.autograd.gradcheck(f, (x, coeff, *vectors))

@@ -26,6 +26,11 @@ from torch import Tensor
 __all__ = ["merge_and_apply"]
 
 _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights stay in cache
+# Merged weights of all units (U·P numbers) kept from the forward for the backward pass when they
+# fit in this budget (per call): the backward then skips the [U, N] × [N, P] rebuild and its pass
+# over the N·P merge vectors per chunk. Above it they are rebuilt chunk by chunk (bounded memory).
+_KEEP_MERGED_BYTES = 256 * 2**20
+_KEEP_MERGED = True  # read by benchmarks/bench_moe_layers.py (the cost model's variant)
 
 
 def _act(name: str, x: Tensor) -> Tensor:
@@ -52,26 +57,43 @@ def _act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _merged(name_shapes, c, base, vectors, idx=None, beta=None):
+def _act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
+    """``out = act(x)`` without a temporary."""
+    if name == "gelu":
+        return torch.ops.aten.gelu.out(x, out=out)
+    if name == "gelu_tanh":
+        return torch.ops.aten.gelu.out(x, approximate="tanh", out=out)
+    if name == "silu":
+        return torch.ops.aten.silu.out(x, out=out)
+    return torch.clamp_min(x, 0, out=out)  # relu
+
+
+def _merged(name_shapes, c, base, vectors, idx=None, beta=None, out=None):
     """Merged weights of a chunk of u units: ``{name: [u, *shape]}``.
 
     Dense: ``B + c @ V`` (``c [u, N]``). Sparse (``idx [u, k]``): only the k selected vectors
     of each unit are read, ``B + Σ_j c[:, j] V[idx[:, j]]`` (``c [u, k]``), one fused
     gather-and-weighted-sum (``embedding_bag``), so the cost is proportional to k, not N.
-    With ``beta [u]`` the base is scaled per unit: ``beta_u B + ...``.
+    With ``beta [u]`` the base is scaled per unit: ``beta_u B + ...``. ``out`` (dense only): a
+    list of ``[u, P_t]`` tensors written in place.
     """
-    out = {}
-    for (name, shape), b, v in zip(name_shapes, base, vectors):
+    result = {}
+    for t, ((name, shape), b, v) in enumerate(zip(name_shapes, base, vectors)):
         flat = v.reshape(v.shape[0], -1)
-        if idx is None:
+        if idx is None and out is not None:
+            if b is None:
+                w = torch.mm(c, flat, out=out[t])
+            else:
+                w = torch.addmm(b.reshape(1, -1), c, flat, out=out[t])
+        elif idx is None:
             w = c @ flat if b is None else torch.addmm(b.reshape(1, -1), c, flat)
         else:
             w = F.embedding_bag(idx, flat, per_sample_weights=c, mode="sum")
             if b is not None:
                 b = b.reshape(1, -1)  # in place: the gather's output is a fresh tensor
                 w = w.add_(b) if beta is None else w.addcmul_(beta[:, None], b)
-        out[name] = w.view(c.shape[0], *shape)
-    return out
+        result[name] = w.view(c.shape[0], *shape)
+    return result
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,7 +112,7 @@ def _low_precision_products(x: Tensor) -> bool:
 
 class _MergeAndApply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, coeff, beta, index, activation, name_shapes, chunk, *operands):  # type: ignore[override]
+    def forward(ctx, x, coeff, beta, index, activation, name_shapes, chunk, keep, *operands):  # type: ignore[override]
         count = len(name_shapes)
         dtype = x.dtype  # the compute dtype; operands keep their storage dtype (cast per use)
         base_in, vectors_in = operands[:count], operands[count:]
@@ -98,43 +120,49 @@ class _MergeAndApply(torch.autograd.Function):
         vectors = [v.to(dtype) for v in vectors_in]
         c_all = coeff.to(dtype)
         beta_all = None if beta is None else beta.to(dtype)
-        units = x.shape[0]
+        units, length = x.shape[0], x.shape[1]
         names = [n for n, _ in name_shapes]
+        shapes = dict(name_shapes)
         glu = "w_gate" in names
-        pre_all, gate_all, h_all, y_all = [], [], [], []
+        hidden, d_out = shapes["w_in"][0], shapes["w_out"][0]
+        # Outputs written in place chunk by chunk (no concatenation afterwards).
+        pre = x.new_empty(units, length, hidden)
+        gate = x.new_empty(units, length, hidden) if glu else None
+        h = x.new_empty(units, length, hidden)
+        y = x.new_empty(units, length, d_out)
+        keep = keep and index is None
+        kept = [x.new_empty(units, math.prod(shape)) for _, shape in name_shapes] if keep else None
         for start in range(0, units, chunk):
             stop = min(units, start + chunk)
             idx = None if index is None else index[start:stop]
             b_chunk = None if beta_all is None else beta_all[start:stop]
-            w = _merged(name_shapes, c_all[start:stop], base, vectors, idx, b_chunk)
+            out = None if kept is None else [t[start:stop] for t in kept]
+            w = _merged(name_shapes, c_all[start:stop], base, vectors, idx, b_chunk, out)
             xs = x[start:stop]
-            pre = torch.bmm(xs, w["w_in"].transpose(1, 2))
+            pre_c, h_c, y_c = pre[start:stop], h[start:stop], y[start:stop]
+            torch.bmm(xs, w["w_in"].transpose(1, 2), out=pre_c)
             if "b_in" in w:
-                pre = pre + w["b_in"][:, None]
-            gate = torch.bmm(xs, w["w_gate"].transpose(1, 2)) if glu else None
-            h = _act(activation, gate) * pre if glu else _act(activation, pre)
-            y = torch.bmm(h, w["w_out"].transpose(1, 2))
+                pre_c.add_(w["b_in"][:, None])
+            if glu:
+                gate_c = torch.bmm(xs, w["w_gate"].transpose(1, 2), out=gate[start:stop])
+                torch.mul(_act(activation, gate_c), pre_c, out=h_c)
+            else:
+                _act_into(activation, pre_c, h_c)
+            torch.bmm(h_c, w["w_out"].transpose(1, 2), out=y_c)
             if "b_out" in w:
-                y = y + w["b_out"][:, None]
-            pre_all.append(pre)
-            gate_all.append(gate)
-            h_all.append(h)
-            y_all.append(y)
+                y_c.add_(w["b_out"][:, None])
 
-        def joined(parts):
-            return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-        pre, h = joined(pre_all), joined(h_all)
-        gate = joined(gate_all) if glu else None
         ctx.activation, ctx.name_shapes, ctx.chunk, ctx.glu = activation, name_shapes, chunk, glu
+        ctx.keep = keep
         ctx.has_base = [b is not None for b in base_in]
         ctx.has_index, ctx.has_beta = index is not None, beta is not None
         saved = [x, coeff, pre, gate if glu else pre, h, index if index is not None else pre]
         saved.append(beta if beta is not None else pre)
         saved += [b if b is not None else pre for b in base_in]
         saved += list(vectors_in)
+        saved += kept if keep else []
         ctx.save_for_backward(*saved)
-        return torch.cat(y_all) if len(y_all) > 1 else y_all[0]
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
@@ -144,7 +172,8 @@ class _MergeAndApply(torch.autograd.Function):
         index = index if ctx.has_index else None
         beta_in = beta_in if ctx.has_beta else None
         base_in = [b if has else None for b, has in zip(saved[7 : 7 + count], ctx.has_base)]
-        vectors_in = saved[7 + count :]
+        vectors_in = saved[7 + count : 7 + 2 * count]
+        kept = saved[7 + 2 * count :] if ctx.keep else None
         dtype = x.dtype
         acc = _accumulation_dtype(dtype)
         base = [None if b is None else b.to(dtype) for b in base_in]
@@ -164,9 +193,19 @@ class _MergeAndApply(torch.autograd.Function):
             None if b is None else torch.zeros(b.numel(), dtype=acc, device=b.device)
             for b in base_in
         ]
+        # Plain dense merge: the base's gradient Σ_u dW_u rides as an extra row of cᵀ dW (one
+        # pass over dW for both), [c | 1]ᵀ dW.
+        fold_base = index is None and beta is None and not low_precision
         grad_vec = [
-            torch.zeros(v.shape[0], v[0].numel(), dtype=acc, device=v.device) for v in vectors_in
+            torch.zeros(
+                v.shape[0] + (fold_base and b is not None),
+                v[0].numel(),
+                dtype=acc,
+                device=v.device,
+            )
+            for v, b in zip(vectors_in, base_in)
         ]
+        ones = torch.ones(units, 1, dtype=acc, device=x.device) if fold_base else None
         for start in range(0, units, ctx.chunk):
             stop = min(units, start + ctx.chunk)
             idx = None if index is None else index[start:stop]
@@ -174,10 +213,16 @@ class _MergeAndApply(torch.autograd.Function):
             c_chunk = coeff[start:stop]
             if sparse_coeff_grad:  # d coeff through the gather's own backward (no [u, k, P])
                 c_chunk = c_chunk.detach().requires_grad_(True)
-            with torch.set_grad_enabled(sparse_coeff_grad):
-                b_chunk = None if beta is None else beta[start:stop]
-                w_graph = _merged(name_shapes, c_chunk, base, vectors, idx, b_chunk)
-            w = {name: t.detach() for name, t in w_graph.items()}
+            if kept is not None:  # the forward's merged weights
+                w = {
+                    name: t[start:stop].view(stop - start, *shape)
+                    for t, (name, shape) in zip(kept, name_shapes)
+                }
+            else:
+                with torch.set_grad_enabled(sparse_coeff_grad):
+                    b_chunk = None if beta is None else beta[start:stop]
+                    w_graph = _merged(name_shapes, c_chunk, base, vectors, idx, b_chunk)
+                w = {name: t.detach() for name, t in w_graph.items()}
             xs, dy = x[start:stop], grad_y[start:stop]
             pre = pre_all[start:stop]
             gate = gate_all[start:stop] if glu else None
@@ -197,11 +242,11 @@ class _MergeAndApply(torch.autograd.Function):
             if "b_in" in w:
                 grads["b_in"] = dpre.sum(dim=1)
             if need_x:
-                dx = torch.bmm(dpre, w["w_in"])
+                dx = torch.bmm(dpre, w["w_in"], out=grad_x[start:stop])
                 if glu:
-                    dx = dx.baddbmm_(dgate, w["w_gate"])
-                grad_x[start:stop] = dx
+                    dx.baddbmm_(dgate, w["w_gate"])
             c = coeff[start:stop].to(acc)
+            c_ext = torch.cat([c, ones[start:stop]], dim=1) if fold_base else None
             if sparse_coeff_grad:
                 grad_coeff[start:stop] += torch.autograd.grad(
                     list(w_graph.values()), c_chunk, [grads[name] for name, _ in name_shapes]
@@ -220,6 +265,9 @@ class _MergeAndApply(torch.autograd.Function):
                 else:
                     if need_coeff:
                         grad_coeff[start:stop].addmm_(g, flat.T.to(acc))
+                    if fold_base and grad_base[k] is not None:
+                        grad_vec[k].addmm_(c_ext.T, g)  # cᵀ dW and Σ_u dW_u in one pass
+                        continue
                     grad_vec[k].addmm_(c.T, g)
                 if grad_base[k] is not None:
                     if beta is None:
@@ -229,6 +277,11 @@ class _MergeAndApply(torch.autograd.Function):
                         grad_base[k].addmv_(g.T, b_acc)
                         if need_beta:
                             grad_beta[start:stop] += g @ base[k].reshape(-1).to(acc)
+        if fold_base:
+            for k, v in enumerate(vectors_in):
+                if grad_base[k] is not None:
+                    grad_base[k] = grad_vec[k][v.shape[0]]
+                    grad_vec[k] = grad_vec[k][: v.shape[0]]
         grad_base = [
             None if g is None else g.view(b.shape).to(b.dtype) for g, b in zip(grad_base, base_in)
         ]
@@ -237,7 +290,7 @@ class _MergeAndApply(torch.autograd.Function):
             grad_coeff = grad_coeff.to(coeff_in.dtype)
         if grad_beta is not None:
             grad_beta = grad_beta.to(beta_in.dtype)
-        return (grad_x, grad_coeff, grad_beta, None, None, None, None, *grad_base, *grad_vec)
+        return (grad_x, grad_coeff, grad_beta, None, None, None, None, None, *grad_base, *grad_vec)
 
 
 def merge_and_apply(
@@ -248,6 +301,7 @@ def merge_and_apply(
     *,
     activation: str,
     max_chunk_bytes: int | None = None,
+    keep_merged_bytes: int | None = None,
     index: Tensor | None = None,
     base_coeff: Tensor | None = None,
 ) -> Tensor:
@@ -260,7 +314,11 @@ def merge_and_apply(
         vectors: the merge vectors ``{name: [N, *shape]}`` in layout order
             (``w_in``, ``w_gate``?, ``w_out``, ``b_in``?, ``b_out``?).
         activation: ``gelu``, ``gelu_tanh``, ``relu`` or ``silu``.
-        max_chunk_bytes: bound on the merged weights held at once (units are chunked).
+        max_chunk_bytes: bound on the merged weights held at once while they are built and
+            applied (units are chunked; a chunk's weights stay in cache between the two).
+        keep_merged_bytes: when all units' merged weights fit in this many bytes (default
+            256 MB), the forward keeps them for the backward pass instead of rebuilding them
+            there (dense merges only; 0 always rebuilds).
         index: ``[U, k]`` (sparse merge, ``merge_top_k``): unit u merges only the vectors
             ``index[u]`` with coefficients ``coeff[u]``; they are gathered per unit, so the merge
             costs U·k·P instead of U·N·P, and only the selected vectors receive gradients.
@@ -289,9 +347,21 @@ def merge_and_apply(
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
     chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))
+    if keep_merged_bytes is None:
+        keep_merged_bytes = _KEEP_MERGED_BYTES
+    keep = per_unit * x.shape[0] <= keep_merged_bytes
     bases = [None if base is None else base[n] for n in names]
     vecs = [vectors[n] for n in names]
     with torch.autocast(device, enabled=False):
         return _MergeAndApply.apply(
-            x.to(dtype), coeff, base_coeff, index, activation, name_shapes, chunk, *bases, *vecs
+            x.to(dtype),
+            coeff,
+            base_coeff,
+            index,
+            activation,
+            name_shapes,
+            chunk,
+            keep,
+            *bases,
+            *vecs,
         )
