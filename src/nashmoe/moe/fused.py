@@ -6,10 +6,14 @@ coefficients), built for all units with one matrix product ``[U, N] × [N, P_t]`
 applied with batched matrix products (spec section 5). Letting autograd record this keeps every
 ``W_u`` (U·P numbers) and its views alive for the backward pass and zero-fills and copies gradient
 slices; here the function saves what the dense FFN saves (inputs, pre-activations, hidden
-activations) and the (small) merge operands, rebuilds the merged weights in the backward pass,
-and writes each tensor's gradient directly, so the cost is the dense FFN's plus the
+activations) and the (small) merge operands, rebuilds the merged weights in the backward pass
+(or, within ``keep_merged_bytes``, keeps them from the forward: the default off the CPU), and
+writes each tensor's gradient directly, so the cost is the dense FFN's plus the
 ``[U, N] × [N, P]`` products. Units are processed in chunks bounded by ``max_chunk_bytes`` of
 merged weights: memory stays bounded for any batch and each chunk's weights stay in cache.
+Forward outputs and the input gradient are written in place chunk by chunk; the base is merged
+as an extra row, ``[c | 1] [V; B]``, and its gradient ``Σ_u dW_u`` rides as an extra row of
+``[c | 1]ᵀ dW`` (one pass over dW for both).
 
 The plain autograd version, :func:`nashmoe.moe.ffn.merged_ffn`, is the reference it is tested
 against.
@@ -27,10 +31,14 @@ __all__ = ["merge_and_apply"]
 
 _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights stay in cache
 # Merged weights of all units (U·P numbers) kept from the forward for the backward pass when they
-# fit in this budget (per call): the backward then skips the [U, N] × [N, P] rebuild and its pass
-# over the N·P merge vectors per chunk. Above it they are rebuilt chunk by chunk (bounded memory).
-_KEEP_MERGED_BYTES = 256 * 2**20
-_KEEP_MERGED = True  # read by benchmarks/bench_moe_layers.py (the cost model's variant)
+# fit in this budget (per call, by device type): the backward then skips the [U, N] × [N, P]
+# rebuild and its pass over the N·P merge vectors; on accelerators all units are then merged with
+# one product (one chunk). On the CPU the budget is 0: rebuilding a chunk from the N·P vectors
+# (in cache) measured faster than reading back kept weights evicted by the rest of the step
+# (1.27× vs 1.37× dense at d=128, T=256; 1.96× vs 2.19× at d=256, T=64; docs/results.md).
+_KEEP_MERGED_BYTES = {"cpu": 0}
+_KEEP_MERGED_BYTES_DEFAULT = 2 * 2**30
+_KEEP_MERGED = False  # on the CPU; read by benchmarks/bench_moe_layers.py for the cost model
 
 
 def _act(name: str, x: Tensor) -> Tensor:
@@ -132,12 +140,28 @@ class _MergeAndApply(torch.autograd.Function):
         y = x.new_empty(units, length, d_out)
         keep = keep and index is None
         kept = [x.new_empty(units, math.prod(shape)) for _, shape in name_shapes] if keep else None
+        stacked = c_ext = None
+        if index is None and beta is None:  # B + c V = [c | 1] [V; B]: one product, no bias copy
+            stacked = [
+                v.reshape(v.shape[0], -1)
+                if b is None
+                else torch.cat([v.reshape(v.shape[0], -1), b.reshape(1, -1)])
+                for b, v in zip(base, vectors)
+            ]
+            c_ext = torch.cat([c_all, c_all.new_ones(units, 1)], dim=1)
         for start in range(0, units, chunk):
             stop = min(units, start + chunk)
             idx = None if index is None else index[start:stop]
             b_chunk = None if beta_all is None else beta_all[start:stop]
-            out = None if kept is None else [t[start:stop] for t in kept]
-            w = _merged(name_shapes, c_all[start:stop], base, vectors, idx, b_chunk, out)
+            if stacked is None:
+                out = None if kept is None else [t[start:stop] for t in kept]
+                w = _merged(name_shapes, c_all[start:stop], base, vectors, idx, b_chunk, out)
+            else:
+                w = {}
+                for t, ((name, shape), b, flat) in enumerate(zip(name_shapes, base, stacked)):
+                    c = (c_all if b is None else c_ext)[start:stop]
+                    m = c @ flat if kept is None else torch.mm(c, flat, out=kept[t][start:stop])
+                    w[name] = m.view(stop - start, *shape)
             xs = x[start:stop]
             pre_c, h_c, y_c = pre[start:stop], h[start:stop], y[start:stop]
             torch.bmm(xs, w["w_in"].transpose(1, 2), out=pre_c)
@@ -316,9 +340,10 @@ def merge_and_apply(
         activation: ``gelu``, ``gelu_tanh``, ``relu`` or ``silu``.
         max_chunk_bytes: bound on the merged weights held at once while they are built and
             applied (units are chunked; a chunk's weights stay in cache between the two).
-        keep_merged_bytes: when all units' merged weights fit in this many bytes (default
-            256 MB), the forward keeps them for the backward pass instead of rebuilding them
-            there (dense merges only; 0 always rebuilds).
+        keep_merged_bytes: when all units' merged weights fit in this many bytes, the forward
+            keeps them for the backward pass instead of rebuilding them there (dense merges
+            only; 0 always rebuilds), and off the CPU merges all units in one product. Default:
+            0 on the CPU (rebuilding a cache-sized chunk measured faster), 2 GiB elsewhere.
         index: ``[U, k]`` (sparse merge, ``merge_top_k``): unit u merges only the vectors
             ``index[u]`` with coefficients ``coeff[u]``; they are gathered per unit, so the merge
             costs U·k·P instead of U·N·P, and only the selected vectors receive gradients.
@@ -346,10 +371,12 @@ def merge_and_apply(
     per_unit = (
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
-    chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))
     if keep_merged_bytes is None:
-        keep_merged_bytes = _KEEP_MERGED_BYTES
+        keep_merged_bytes = _KEEP_MERGED_BYTES.get(device, _KEEP_MERGED_BYTES_DEFAULT)
     keep = per_unit * x.shape[0] <= keep_merged_bytes
+    if keep and device != "cpu":  # memory allows: one merge product for all units
+        max_chunk_bytes = max(max_chunk_bytes, keep_merged_bytes)
+    chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))
     bases = [None if base is None else base[n] for n in names]
     vecs = [vectors[n] for n in names]
     with torch.autocast(device, enabled=False):
