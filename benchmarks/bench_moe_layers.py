@@ -98,12 +98,18 @@ def _spread(values):
     return min(values), max(values)
 
 
-def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, autocast, machine):
+def bench_shape(
+    d, f, n, t, tokens, layers, methods, repeats, device, dtype, autocast, machine, clock="wall"
+):
     batch = max(1, tokens // 1024) if t <= 1024 else 1
     seq = tokens // batch
     x = torch.randn(batch, seq, d, device=device, dtype=dtype, requires_grad=False)
     stacks = {m: build(m, d, f, n, t, layers, device, dtype) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    other: dict[str, list[float]] = {m: [] for m in methods}  # the other clock
+    timer, other_timer = time.perf_counter, time.process_time
+    if clock == "process":
+        timer, other_timer = other_timer, timer
     ctx = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if autocast
@@ -116,10 +122,11 @@ def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, aut
         for _ in range(repeats):
             for m in methods:
                 sync(device)
-                start = time.perf_counter()
+                start, start_other = timer(), other_timer()
                 step(stacks[m], x)
                 sync(device)
-                times[m].append(time.perf_counter() - start)
+                times[m].append(timer() - start)
+                other[m].append(other_timer() - start_other)
                 stacks[m].zero_grad(set_to_none=True)
         rows = []
         for m in methods:
@@ -142,6 +149,7 @@ def bench_shape(d, f, n, t, tokens, layers, methods, repeats, device, dtype, aut
                     time_min_s=min(times[m]),
                     time_max_s=max(times[m]),
                     times_s=times[m],
+                    other_clock_times_s=other[m],
                     vs_dense_paired=statistics.median(paired),
                     vs_dense_paired_range=_spread(paired),
                     vs_camex_paired=None
@@ -187,6 +195,12 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--shapes", default="", help="d:f:T[,d:f:T...] (4,096 tokens; default: all)")
     p.add_argument("--no-calibrate", action="store_true", help="skip the cost-model calibration")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="wall time, or process CPU time (excludes time descheduled on a shared machine)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,6 +253,7 @@ def main() -> None:
             torch.float32,
             autocast=cuda,
             machine=machine,
+            clock=args.clock,
         )
     header = (
         f"{'d':>5} {'f':>5} {'T':>5} {'method':<15} {'ms/step':>9} {'min-max ms':>13} "
@@ -280,6 +295,7 @@ def main() -> None:
         if machine is None
         else dict(flops=machine.flops, bandwidth=machine.bandwidth),
         ratios="x dense / x camex: median over repeats of the ratio within each round",
+        clock=args.clock,
     )
     path = out / ("moe_layers_quick.json" if args.quick else f"moe_layers_{device.type}.json")
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
