@@ -36,25 +36,27 @@ class Machine:
     name: str = "cpu"
 
 
-def _median_time(fn, repeats=7):
+def _median_time(fn, repeats=7, timer=time.perf_counter):
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = timer()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(timer() - start)
     return statistics.median(times)
 
 
-def calibrate(d: int = 256, f: int = 1024, m: int = 4096, copy_mb: int = 256) -> Machine:
-    """Matmul FLOP/s (float32, [m, d] × [d, f]) and copy bandwidth (clone of copy_mb MB) on the
-    current thread settings."""
+def calibrate(
+    d: int = 256, f: int = 1024, m: int = 4096, copy_mb: int = 256, timer=time.perf_counter
+) -> Machine:
+    """Matmul FLOP/s (float32, [m, d] × [d, f]) and copy bandwidth (``copy_`` of copy_mb MB) on
+    the current thread settings, timed with ``timer`` (use the benchmark's clock)."""
     a, b = torch.randn(m, d), torch.randn(d, f)
-    t_mm = _median_time(lambda: a @ b)
+    t_mm = _median_time(lambda: a @ b, timer=timer)
     src = torch.empty(copy_mb * 2**20 // 4)
     src.fill_(1.0)
     dst = torch.empty_like(src)
-    t_copy = _median_time(lambda: dst.copy_(src))
+    t_copy = _median_time(lambda: dst.copy_(src), timer=timer)
     return Machine(flops=2 * m * d * f / t_mm, bandwidth=2 * src.numel() * 4 / t_copy)
 
 
@@ -119,16 +121,16 @@ if __name__ == "__main__":
     print(f"one core: {cpu.flops / 1e9:.1f} GFLOP/s matmul, {cpu.bandwidth / 1e9:.1f} GB/s copy")
     for gpu in (H100, H200):
         for d, f, tokens in ((768, 3072, 16384), (1024, 4096, 32768)):
-            base = predict(gpu, "dense", d=d, f=f, n=8, tokens=tokens, bytes_per=2)
-            row = [f"{gpu.name} d={d}: dense {base * 1e3:.3f} ms"]
-            for name, kw in (
-                ("merged T=256", dict(t=256)),
-                ("merged T=256 keep", dict(t=256, keep_merged=True)),
-                ("merged T=256 top2", dict(t=256, merge_top_k=2)),
-                ("merged T=64", dict(t=64)),
-                ("smoe top-2", dict()),
+            kw = dict(d=d, f=f, n=8, tokens=tokens, bytes_per=2)
+            base = predict(gpu, "dense", **kw)
+            row = [f"{gpu.name} d={d}/f={f} {tokens} tokens: dense {base * 1e3:.3f} ms"]
+            kept = dict(keep_merged=True, chunk_bytes=2**31)  # the default off the CPU
+            for name, method, extra in (
+                ("T=256 chunked 16 MB, rebuilt", "camex", dict(t=256)),
+                ("T=256 one product, kept", "camex", dict(t=256, **kept)),
+                ("T=256 top-2 merge, kept", "camex", dict(t=256, merge_top_k=2, **kept)),
+                ("T=1024 one product, kept", "camex", dict(t=1024, **kept)),
+                ("smoe top-2", "smoe", {}),
             ):
-                method = "smoe" if name.startswith("smoe") else "camex"
-                val = predict(gpu, method, d=d, f=f, n=8, tokens=tokens, bytes_per=2, **kw)
-                row.append(f"{name} {val / base:.2f}x")
+                row.append(f"{name} {predict(gpu, method, **kw, **extra) / base:.2f}x")
             print("; ".join(row))
