@@ -208,7 +208,9 @@ def main() -> None:
     load_start = os.getloadavg()
     machine = None
     if not args.no_calibrate and device.type == "cpu":
-        machine = calibrate()
+        machine = calibrate(
+            timer=time.process_time if args.clock == "process" else time.perf_counter
+        )
         print(
             f"calibration: {machine.flops / 1e9:.1f} GFLOP/s matmul, "
             f"{machine.bandwidth / 1e9:.1f} GB/s copy; load average {load_start[0]:.2f}"
