@@ -230,6 +230,15 @@ class _MergeAndApply(torch.autograd.Function):
             for v, b in zip(vectors_in, base_in)
         ]
         ones = torch.ones(units, 1, dtype=acc, device=x.device) if fold_base else None
+        stacked = c_one = None
+        if kept is None and index is None and beta is None:  # rebuild as [c | 1] [V; B]
+            stacked = [
+                v.reshape(v.shape[0], -1)
+                if b is None
+                else torch.cat([v.reshape(v.shape[0], -1), b.reshape(1, -1)])
+                for b, v in zip(base, vectors)
+            ]
+            c_one = torch.cat([coeff, coeff.new_ones(units, 1)], dim=1)
         for start in range(0, units, ctx.chunk):
             stop = min(units, start + ctx.chunk)
             idx = None if index is None else index[start:stop]
@@ -241,6 +250,13 @@ class _MergeAndApply(torch.autograd.Function):
                 w = {
                     name: t[start:stop].view(stop - start, *shape)
                     for t, (name, shape) in zip(kept, name_shapes)
+                }
+            elif stacked is not None:
+                w = {
+                    name: ((coeff if b is None else c_one)[start:stop] @ flat).view(
+                        stop - start, *shape
+                    )
+                    for (name, shape), b, flat in zip(name_shapes, base, stacked)
                 }
             else:
                 with torch.set_grad_enabled(sparse_coeff_grad):
