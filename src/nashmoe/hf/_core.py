@@ -450,9 +450,9 @@ def upcycle(
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
+    weights = [_dense_weights(block, layout) for _, block in blocks]  # before BERT's edit
     with torch.no_grad():
-        for layer, block in _install(model, spec):
-            w = _dense_weights(block, layout)
+        for (layer, _), w in zip(_install(model, spec), weights, strict=True):
             for name, t in w.items():
                 expert = getattr(layer, name)
                 eps = torch.randn(expert.shape, generator=generator, dtype=torch.float32)
