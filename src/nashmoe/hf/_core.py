@@ -9,6 +9,7 @@ loads it, and its ``forward`` surfaces the balance loss the way the MoE families
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -200,7 +201,7 @@ def _install(model: nn.Module, spec: dict, source: list[nn.Module] | None = None
         found = _blocks(model, FAMILIES[arch].block)
         for i, (name, block) in enumerate(found):
             ref = next(block.parameters())
-            layer = _layer_like(_new_layer(cfg, i, False), ref)
+            layer = _layer_like(_new_layer(cfg, i, spec.get("anchored", False)), ref)
             _set(model, name, MoEMLP(layer))
             pairs.append((layer, block))
         return pairs
@@ -247,7 +248,14 @@ def _subclass_for(model) -> None:
 
 
 # ---------------------------------------------------------------------------- convert
-def convert(model, method: str, *, base: str | int | None = None, **moe_options):
+def convert(
+    model,
+    method: str,
+    *,
+    base: str | int | None = None,
+    anchored: bool = False,
+    **moe_options,
+):
     """Replace every sparse MoE block of a transformers 5 model by a
     :class:`~nashmoe.moe.MoEFeedForward` of ``method``, in place; returns the model.
 
@@ -267,6 +275,14 @@ def convert(model, method: str, *, base: str | int | None = None, **moe_options)
             the experts'), or an expert index.
         **moe_options: :class:`~nashmoe.moe.MoEConfig` fields (``unit``, ``segment_len``,
             ``eta``, ``gamma`` ...); an option the method does not use is an error.
+        anchored: propagating methods only: anchor every layer's base to its own ``base``
+            choice and propagate a displacement (as :func:`upcycle` does,
+            :class:`~nashmoe.hf.AnchoredMoEFeedForward`), instead of deriving every base from
+            the first layer's (the paper's propagation, default).
+
+    With ``base="mean"`` the domain vectors of the base's own layer sum to zero, so no direction
+    improves every expert: NAMEx's bargaining there is infeasible (the solver may report it as
+    not converged with very large α); prefer ``base="shared"`` where the family has one.
 
     The propagation state is threaded through the decoder layers by
     :func:`~nashmoe.moe.link_moe_layers` (also under gradient checkpointing and cached
@@ -307,6 +323,8 @@ def convert(model, method: str, *, base: str | int | None = None, **moe_options)
             f"base='shared' needs the shared experts' width ({cfg.shared_experts * cfg.shared_d_ff})"
             f" to equal the routed experts' ({cfg.d_ff}); use base='mean' or an expert index"
         )
+    if anchored and method not in ("ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom"):
+        raise ValueError(f"anchored is only used by the propagating methods, not by {method!r}")
     if not _blocks(model, layout.block):
         raise ValueError(f"the model has no {layout.block} block to convert")
     _subclass_for(model)
@@ -315,13 +333,23 @@ def convert(model, method: str, *, base: str | int | None = None, **moe_options)
         "architecture": model_type,
         "model_type": model_type,
         "method": method,
-        "options": {**options, **({"base": base} if base is not None else {})},
+        "options": {
+            **options,
+            **({"base": base} if base is not None else {}),
+            **({"anchored": True} if anchored else {}),
+        },
+        "anchored": bool(anchored),
         "moe_config": cfg.to_dict(),
     }
     with torch.no_grad():
         for layer, block in _install(model, spec):
             load_hf_block(layer, block, model_type)
+            target = None
             if layer.owns_base:
+                target = "base_"
+            elif hasattr(layer, "anchor_" + layer.layout.names[0]):
+                target = "anchor_"
+            if target is not None:
                 if base == "shared":
                     shared = layer.shared_tensors()
                     src = {n: shared[n] for n in layer.layout.names}
@@ -330,7 +358,7 @@ def convert(model, method: str, *, base: str | int | None = None, **moe_options)
                 else:
                     src = {n: e[base] for n, e in layer.expert_tensors().items()}
                 for n, t in src.items():
-                    getattr(layer, "base_" + n).copy_(t)
+                    getattr(layer, target + n).copy_(t)
             layer.clear_cache()
     _finish(model, spec)
     return model
@@ -499,13 +527,13 @@ class NashMoEModelMixin:
         z = sum(m.config.z_loss_coef * m.last_aux.z_loss.float() for m in moe_layers(self))
         return balance, z
 
-    def forward(self, *args, **kwargs):
+    def _nashmoe_forward(self, base_forward, *args, **kwargs):
         want = kwargs.pop("output_router_logits", None)
         if want is None:
             want = bool(getattr(self.config, "output_router_logits", False))
         if self.config.nashmoe["kind"] == "convert":  # the family's own router recording: off
             kwargs["output_router_logits"] = False
-        out = super().forward(*args, **kwargs)
+        out = base_forward(self, *args, **kwargs)
         if not want or isinstance(out, tuple):
             return out
         aux, z = self.nashmoe_aux()
@@ -517,6 +545,18 @@ class NashMoEModelMixin:
             coef = float(getattr(self.config, "router_aux_loss_coef", 0.0) or 0.0)
             out["loss"] = loss + coef * aux.to(loss.device) + z
         return out
+
+
+def _forward_of(base: type):
+    """``forward`` with the signature of ``base.forward`` (the Trainer keeps only the dataset
+    columns that the signature names)."""
+    base_forward = base.forward
+
+    @functools.wraps(base_forward)
+    def forward(self, *args, **kwargs):
+        return self._nashmoe_forward(base_forward, *args, **kwargs)
+
+    return forward
 
 
 def register() -> None:
@@ -540,7 +580,11 @@ def register() -> None:
             cls = type(
                 "NashMoE" + model_name,
                 (NashMoEModelMixin, base),
-                {"config_class": cfg_cls, "__module__": __name__},
+                {
+                    "config_class": cfg_cls,
+                    "__module__": __name__,
+                    "forward": _forward_of(base),
+                },
             )
             globals()[cls.__name__] = cls
             getattr(tf, auto_name).register(cfg_cls, cls, exist_ok=True)
