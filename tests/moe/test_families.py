@@ -113,6 +113,8 @@ def test_family_configs_carry_the_routing_of_each_family():
     ds = family_config("deepseek_v3", _hf("deepseek_v3")[0])
     assert (ds.score_func, ds.n_group, ds.topk_group, ds.bias_balancing) == ("sigmoid", 4, 2, True)
     assert (ds.routed_scaling, ds.shared_experts, ds.shared_d_ff) == (2.5, 2, 10)
+    assert ds.balance_coef == 0.0  # HF's DeepSeek-V3 adds no aux loss
+    assert family_config("olmoe", _hf("olmoe")[0]).balance_coef == 0.01
     with pytest.raises(ValueError, match="unknown family"):
         family_config("gpt2", cfg)
 

@@ -149,8 +149,9 @@ def family_config(family: str, hf_config, *, method: str = "smoe", **overrides) 
     With ``method="smoe"`` (default) the layer computes what the block computes. Other methods
     keep the shapes, activation and shared experts (the routing options are ``smoe``'s).
     ``overrides`` replace any field. The balance loss follows transformers' convention
-    (``balance_loss_scale="transformers"``, ``balance_coef = router_aux_loss_coef``) where the
-    family defines one.
+    (``balance_loss_scale="transformers"``, ``balance_coef = router_aux_loss_coef``, the loss the
+    HF model adds when ``output_router_logits=True``) where the family defines one, and is off
+    (``balance_coef=0``) for DeepSeek-V3, which balances by its selection bias.
     """
     layout = _layout(family)
     c = hf_config
@@ -172,8 +173,10 @@ def family_config(family: str, hf_config, *, method: str = "smoe", **overrides) 
         z_loss_coef=0.0,
     )
     coef = getattr(c, "router_aux_loss_coef", None)
-    if coef is not None:
+    if coef is not None:  # what XxxForCausalLM adds with output_router_logits=True
         fields.update(balance_coef=float(coef), balance_loss_scale="transformers")
+    else:  # DeepSeek-V3: no auxiliary loss in transformers (aux-loss-free balancing instead)
+        fields["balance_coef"] = 0.0
     if method == "smoe":
         fields["top_k"] = c.num_experts_per_tok
         if family == "mixtral":

@@ -80,6 +80,14 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _low_precision_products(x: Tensor) -> bool:
+    """Whether the per-chunk merge-gradient products (``cᵀ dW``, ``dW Vᵀ``) run in the bf16/fp16
+    compute dtype (on accelerators: tensor cores; each chunk's product is rounded once, then
+    added to the float32 accumulator) rather than in float32 (on the CPU, where low-precision
+    matrix products are not faster)."""
+    return x.dtype != _accumulation_dtype(x.dtype) and x.device.type != "cpu"
+
+
 class _MergeAndApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coeff, beta, index, activation, name_shapes, chunk, *operands):  # type: ignore[override]
@@ -144,6 +152,7 @@ class _MergeAndApply(torch.autograd.Function):
         coeff = coeff_in.to(dtype)
         glu, act = ctx.glu, ctx.activation
         grad_y = grad_y.to(dtype)
+        low_precision = _low_precision_products(x)
         need_x, need_coeff = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_beta = ctx.has_beta and ctx.needs_input_grad[2]
         beta = None if beta_in is None else beta_in.to(dtype)
@@ -198,15 +207,20 @@ class _MergeAndApply(torch.autograd.Function):
                     list(w_graph.values()), c_chunk, [grads[name] for name, _ in name_shapes]
                 )[0].to(acc)
             for k, (name, _) in enumerate(name_shapes):
-                g = grads[name].reshape(stop - start, -1).to(acc)
                 flat = vectors[k].reshape(vectors[k].shape[0], -1)
-                if idx is None:
+                g_low = grads[name].reshape(stop - start, -1)
+                g = g_low.to(acc)
+                if idx is not None:  # only the k selected vectors of each unit get a gradient
+                    for j in range(idx.shape[1]):
+                        grad_vec[k].index_add_(0, idx[:, j], g * c[:, j : j + 1])
+                elif low_precision:  # products in the compute dtype, each rounded once
+                    if need_coeff:
+                        grad_coeff[start:stop] += g_low @ flat.T
+                    grad_vec[k] += coeff[start:stop].T @ g_low
+                else:
                     if need_coeff:
                         grad_coeff[start:stop].addmm_(g, flat.T.to(acc))
                     grad_vec[k].addmm_(c.T, g)
-                else:  # only the k selected vectors of each unit get a gradient
-                    for j in range(idx.shape[1]):
-                        grad_vec[k].index_add_(0, idx[:, j], g * c[:, j : j + 1])
                 if grad_base[k] is not None:
                     if beta is None:
                         grad_base[k] += g.sum(dim=0)

@@ -89,6 +89,10 @@ class MoEFeedForward(nn.Module):
     :class:`~nashmoe.models.GPT` set it. The incoming state is moved to the device and dtype of
     the layer's parameters (a differentiable move; α keeps its dtype).
 
+    Real-family routing (``smoe``), shared experts and ``merge_top_k`` are configured in
+    :class:`MoEConfig`; with ``bias_balancing`` call :meth:`update_router_bias` once per
+    optimizer step. Weights of transformers 5 blocks: :mod:`nashmoe.moe.families`.
+
     Call: ``out = layer(x)`` with ``x [B, S, d]``; ``out, aux = layer(x, return_aux=True)``.
     Keyword arguments: ``state`` (the :class:`PropagationState` from the previous MoE layer),
     ``attention_mask [B, S]`` (``unit="sequence"``), ``cache`` and ``start_pos`` (incremental
@@ -700,6 +704,10 @@ class MoEFeedForward(nn.Module):
             parts.append(f"num_experts={cfg.num_experts}")
         if cfg.is_merging:
             parts.append(f"unit={cfg.unit!r}")
+            if cfg.merge_top_k is not None:
+                parts.append(f"merge_top_k={cfg.merge_top_k}")
+        if cfg.shared_experts:
+            parts.append(f"shared_experts={cfg.shared_experts}")
         if cfg.propagates:
             parts.append(f"owns_base={self.owns_base}")
         return ", ".join(parts)
