@@ -62,7 +62,8 @@ class PropagationChain:
     are fine). The records hold references to the states of the last pass (one base, and the
     momentum buffers, per layer) until the next pass replaces them; ``clear()`` drops them.
     Rebuilding reads the parameters of the earlier layers, so with sharded parameters (FSDP)
-    use non-reentrant checkpointing, which never rebuilds.
+    use non-reentrant checkpointing, which reuses the recorded states instead (it rebuilds only
+    if a ``no_grad`` pass of the same model ran between a forward and its backward).
 
     Attributes:
         state: the state handed to the next layer in the current forward pass.
