@@ -221,6 +221,8 @@ class ViT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
         self._init_weights()
+        if self.moe_layers:  # nothing uses the last MoE layer's propagation step
+            self.moe_layers[-1].last_in_chain = True
 
     def _init_weights(self) -> None:
         std = self.config.init_std
