@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-
 from tests.hf.tiny import family_model, tokens
 
 transformers = pytest.importorskip("transformers")
@@ -48,8 +47,10 @@ def test_smear_with_a_one_hot_router_runs_that_expert() -> None:
     """Reads the fused HF tensors by hand (gate rows first, then up) as the reference."""
     model = family_model("mixtral")
     hf_blocks = [layer.mlp for layer in model.model.layers]
-    experts = [(b.experts.gate_up_proj.detach().clone(), b.experts.down_proj.detach().clone())
-               for b in hf_blocks]
+    experts = [
+        (b.experts.gate_up_proj.detach().clone(), b.experts.down_proj.detach().clone())
+        for b in hf_blocks
+    ]
     hf.convert(model, "smear", unit="token", router_bias=True)
     j = 2
     inputs, outputs = [], []
@@ -114,7 +115,9 @@ def _grads(model, x) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("family", "method"), [("mixtral", "namex-full-mom"), ("olmoe", "ep-camex")])
+@pytest.mark.parametrize(
+    ("family", "method"), [("mixtral", "namex-full-mom"), ("olmoe", "ep-camex")]
+)
 def test_gradient_checkpointing_gives_the_same_gradients(family: str, method: str) -> None:
     model = hf.convert(family_model(family), method, segment_len=3)
     model.config.output_router_logits = True  # the balance loss too
@@ -163,9 +166,15 @@ def test_trainer_trains_a_converted_model(tmp_path) -> None:
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=3,
-        per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no",
-        disable_tqdm=True, logging_steps=1,
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Data())
     result = trainer.train()
@@ -194,8 +203,13 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="already converted"):
         hf.convert(model, "smear")
     llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24,
-                                 num_hidden_layers=1, num_attention_heads=2)
+        transformers.LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
     )
     with pytest.raises(ValueError, match=r"unsupported architecture 'llama'.*mixtral.*upcycle"):
         hf.convert(llama, "namex")

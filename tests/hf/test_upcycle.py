@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.hf.tiny import dense_model, family_model, tokens
 
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("nashmoe.hf")
 
-METHODS = ["smoe", "smear", "camex", "ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom"]
+METHODS = [
+    "smoe",
+    "smear",
+    "camex",
+    "ep-camex",
+    "namex",
+    "namex-full",
+    "namex-mom",
+    "namex-full-mom",
+]
 
 
 def _inputs(arch: str):
@@ -80,6 +88,7 @@ def test_bert_sequence_routing_ignores_padding(method: str) -> None:
     x = tokens(1, 7)
     padded = torch.cat([x, torch.full((1, 4), 3)], dim=1)
     mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 4)], dim=1).long()
+
     def hidden(**kw):
         with torch.no_grad():
             return model(**kw, output_hidden_states=True).hidden_states[-1][:, :7]
@@ -109,7 +118,9 @@ def test_gpt2_upcycled_generate_with_cache_equals_without(tmp_path) -> None:
     model = hf.upcycle(dense_model("gpt2"), 4, "namex", noise=0.1, segment_len=3)
     x = tokens(2, 4)
     kw = dict(max_new_tokens=7, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(x, use_cache=True, **kw), model.generate(x, use_cache=False, **kw))
+    assert torch.equal(
+        model.generate(x, use_cache=True, **kw), model.generate(x, use_cache=False, **kw)
+    )
     model.save_pretrained(tmp_path)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -117,7 +128,7 @@ def test_gpt2_upcycled_generate_with_cache_equals_without(tmp_path) -> None:
 
 
 def test_upcycle_errors() -> None:
-    with pytest.raises(ValueError, match="already sparse: use nashmoe.hf.convert"):
+    with pytest.raises(ValueError, match=r"already sparse: use nashmoe\.hf\.convert"):
         hf.upcycle(family_model("olmoe"), 4, "namex")
     model = dense_model("llama")
     with pytest.raises(ValueError, match="num_experts"):

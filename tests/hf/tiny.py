@@ -22,31 +22,55 @@ def family_model(family: str, seed: int = 0, **extra):
     """A tiny ``XxxForCausalLM`` of ``family`` (float32, eval mode, random weights)."""
     tf = transformers
     if family == "mixtral":
-        cfg = tf.MixtralConfig(**COMMON, intermediate_size=24, num_local_experts=4,
-                               num_experts_per_tok=2)
+        cfg = tf.MixtralConfig(
+            **COMMON, intermediate_size=24, num_local_experts=4, num_experts_per_tok=2
+        )
         cls = tf.MixtralForCausalLM
     elif family == "qwen2_moe":
-        cfg = tf.Qwen2MoeConfig(**COMMON, intermediate_size=24, moe_intermediate_size=12,
-                                shared_expert_intermediate_size=12, num_experts=4,
-                                num_experts_per_tok=2, norm_topk_prob=False,
-                                decoder_sparse_step=1)
+        cfg = tf.Qwen2MoeConfig(
+            **COMMON,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=12,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+        )
         cls = tf.Qwen2MoeForCausalLM
     elif family == "qwen3_moe":
-        cfg = tf.Qwen3MoeConfig(**COMMON, head_dim=8, intermediate_size=24,
-                                moe_intermediate_size=12, num_experts=4, num_experts_per_tok=2,
-                                norm_topk_prob=True)
+        cfg = tf.Qwen3MoeConfig(
+            **COMMON,
+            head_dim=8,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+        )
         cls = tf.Qwen3MoeForCausalLM
     elif family == "olmoe":
-        cfg = tf.OlmoeConfig(**COMMON, intermediate_size=12, num_experts=4,
-                             num_experts_per_tok=2)
+        cfg = tf.OlmoeConfig(**COMMON, intermediate_size=12, num_experts=4, num_experts_per_tok=2)
         cls = tf.OlmoeForCausalLM
     elif family == "deepseek_v3":
         c = dict(COMMON, num_hidden_layers=3, num_key_value_heads=2)
-        cfg = tf.DeepseekV3Config(**c, intermediate_size=24, moe_intermediate_size=12,
-                                  n_routed_experts=4, num_experts_per_tok=2, n_group=2,
-                                  topk_group=1, n_shared_experts=1, routed_scaling_factor=2.5,
-                                  first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=None,
-                                  qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8)
+        cfg = tf.DeepseekV3Config(
+            **c,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            n_shared_experts=1,
+            routed_scaling_factor=2.5,
+            first_k_dense_replace=1,
+            kv_lora_rank=8,
+            q_lora_rank=None,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=4,
+            v_head_dim=8,
+        )
         cls = tf.DeepseekV3ForCausalLM
     else:
         raise ValueError(family)
@@ -71,14 +95,29 @@ def dense_model(arch: str, seed: int = 0, **extra):
         cfg = tf.LlamaConfig(**COMMON, intermediate_size=24)
         model = tf.LlamaForCausalLM(cfg)
     elif arch == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=48, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg = tf.GPT2Config(
+            vocab_size=48,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         model = tf.GPT2LMHeadModel(cfg)
     elif arch == "bert":
-        cfg = tf.BertConfig(vocab_size=48, hidden_size=16, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=24,
-                            max_position_embeddings=64, hidden_dropout_prob=0.0,
-                            attention_probs_dropout_prob=0.0, num_labels=2)
+        cfg = tf.BertConfig(
+            vocab_size=48,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=24,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=2,
+        )
         model = tf.BertForSequenceClassification(cfg)
     else:
         raise ValueError(arch)

@@ -32,6 +32,7 @@ __all__ = [
     "CONVERT_FAMILIES",
     "UPCYCLE_ARCHITECTURES",
     "convert",
+    "load_checkpoint",
     "moe_layers",
     "register",
     "upcycle",
@@ -65,11 +66,15 @@ class DenseLayout:
 
 
 UPCYCLE_ARCHITECTURES: dict[str, DenseLayout] = {
-    "llama": DenseLayout("LlamaMLP", "up_proj", "gate_proj", "down_proj", False, "hidden_act", "segment"),
+    "llama": DenseLayout(
+        "LlamaMLP", "up_proj", "gate_proj", "down_proj", False, "hidden_act", "segment"
+    ),
     "mistral": DenseLayout(
         "MistralMLP", "up_proj", "gate_proj", "down_proj", False, "hidden_act", "segment"
     ),
-    "qwen2": DenseLayout("Qwen2MLP", "up_proj", "gate_proj", "down_proj", False, "hidden_act", "segment"),
+    "qwen2": DenseLayout(
+        "Qwen2MLP", "up_proj", "gate_proj", "down_proj", False, "hidden_act", "segment"
+    ),
     "gpt2": DenseLayout("GPT2MLP", "c_fc", None, "c_proj", True, "activation_function", "segment"),
     "bert": DenseLayout(
         "BertLayer", "intermediate.dense", None, "output.dense", False, "hidden_act", "sequence"
@@ -156,7 +161,8 @@ def _check_model(model) -> None:
 def _options(method: str, moe_options: dict) -> dict:
     if method not in METHODS or method == "dense":
         raise ValueError(
-            f"unknown method {method!r}; choose from {', '.join(m for m in METHODS if m != 'dense')}"
+            f"unknown method {method!r}; choose from "
+            f"{', '.join(m for m in METHODS if m != 'dense')}"
         )
     known = {f.name for f in fields(MoEConfig)}
     for key in moe_options:
@@ -320,10 +326,17 @@ def convert(
         raise ValueError(f"base expert index {base} is not in [0, {cfg.num_experts})")
     if base == "shared" and cfg.shared_experts * cfg.shared_d_ff != cfg.d_ff:
         raise ValueError(
-            f"base='shared' needs the shared experts' width ({cfg.shared_experts * cfg.shared_d_ff})"
+            "base='shared' needs the shared experts' width "
+            f"({cfg.shared_experts * cfg.shared_d_ff})"
             f" to equal the routed experts' ({cfg.d_ff}); use base='mean' or an expert index"
         )
-    if anchored and method not in ("ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom"):
+    if anchored and method not in (
+        "ep-camex",
+        "namex",
+        "namex-full",
+        "namex-mom",
+        "namex-full-mom",
+    ):
         raise ValueError(f"anchored is only used by the propagating methods, not by {method!r}")
     if not _blocks(model, layout.block):
         raise ValueError(f"the model has no {layout.block} block to convert")
@@ -495,6 +508,30 @@ def upcycle(
         c.router_aux_loss_coef = cfg.balance_coef
     _finish(model, spec)
     return model
+
+
+def load_checkpoint(path: str, *, progress: bool = True):
+    """A checkpoint directory loaded offline in the class its config names (``architectures``;
+    else ``AutoModelForCausalLM``), nashmoe-converted or not. ``progress=False`` turns
+    transformers' progress bars off (process-wide; the command line does)."""
+    import os
+
+    tf = _tf()
+    register()
+    if not progress:
+        tf.utils.logging.disable_progress_bar()
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a checkpoint directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{path} has no config.json")
+    config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+    names = getattr(config, "architectures", None) or []
+    cls = None
+    if names:
+        cls = getattr(tf, names[0], None) or globals().get(names[0])
+    if cls is None:
+        cls = tf.AutoModelForCausalLM
+    return cls.from_pretrained(path, local_files_only=True)
 
 
 # ---------------------------------------------------------------------------- model classes
