@@ -568,7 +568,7 @@ class NashMoEModelMixin:
         want = kwargs.pop("output_router_logits", None)
         if want is None:
             want = bool(getattr(self.config, "output_router_logits", False))
-        if self.config.nashmoe["kind"] == "convert":  # the family's own router recording: off
+        if _takes_router_flag(base_forward):  # the family's own router recording: off
             kwargs["output_router_logits"] = False
         out = base_forward(self, *args, **kwargs)
         if not want or isinstance(out, tuple):
@@ -582,6 +582,13 @@ class NashMoEModelMixin:
             coef = float(getattr(self.config, "router_aux_loss_coef", 0.0) or 0.0)
             out["loss"] = loss + coef * aux.to(loss.device) + z
         return out
+
+
+@functools.cache
+def _takes_router_flag(forward) -> bool:
+    import inspect
+
+    return "output_router_logits" in inspect.signature(forward).parameters
 
 
 def _forward_of(base: type):
