@@ -12,11 +12,13 @@ and we measure the validation perplexity
 Writes ``results.json`` (every number, the settings, the timings) and ``results.md`` (a table of
 mean ± std over seeds) into ``--out``.
 
-    python benchmarks/hf_convert_experiment.py --out runs/hf_convert            # full (≈100 min)
+    python benchmarks/hf_convert_experiment.py --out runs/hf_convert            # full (≤100 min)
     python benchmarks/hf_convert_experiment.py --out /tmp/smoke --preset smoke  # ≈1 min
 
-The full preset is sized for about 100 minutes on 2 CPU cores (see ``--help`` and the report in
-docs/results.md when it has been run).
+The full preset is sized for at most 100 minutes on 2 CPU cores (estimate in PRESETS; not yet
+run). Methods use ``segment_len`` 16 (4 segments per block) and, for the CAMEx family, the base
+``shared`` (Qwen2-MoE) or ``mean`` (Mixtral: the domain vectors then sum to zero, so NAMEx's
+bargaining at the first layer is infeasible; see :func:`nashmoe.hf.convert`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ import torch
 import torch.nn.functional as F
 
 PRESETS = {
-    # sized from the smoke run's measured speed (see the module docstring)
+    # Sizing (2 shared CPU cores, load average 5-6 while measured, so timings varied 3-5x):
+    # per step at block 64, batch 16 we saw 0.4-2.1 s pretraining (HF eager experts), 0.3-2.8 s
+    # fine-tuning (smear fastest, namex-full-mom slowest), 0.5-5 s per 4096 evaluated tokens.
+    # With the lower (uncontended) numbers: pretraining 2 x 1000 x 0.4 s = 13 min, 48 fine-tunes
+    # x (60 x 0.45 s + 2 evaluations x 1 s) = 23 min, about 40 min in all; about twice that on a
+    # busy machine, within 100 minutes. Fewer seeds or steps: --seeds, or edit the preset.
     "full": dict(
         d_model=64,
         layers=4,
@@ -42,14 +49,14 @@ PRESETS = {
         experts=4,
         top_k=2,
         d_ff=128,
-        block=128,
+        block=64,
         batch=16,
-        pretrain_steps=1500,
-        finetune_steps=150,
+        pretrain_steps=1000,
+        finetune_steps=60,
         pretrain_lr=3e-3,
         finetune_lr=1e-3,
-        segment_len=32,
-        eval_tokens=16384,
+        segment_len=16,
+        eval_tokens=8192,
         seeds=3,
     ),
     "smoke": dict(
@@ -70,7 +77,16 @@ PRESETS = {
         seeds=1,
     ),
 }
-METHODS = ("smoe", "smear", "camex", "ep-camex", "namex", "namex-full", "namex-mom", "namex-full-mom")
+METHODS = (
+    "smoe",
+    "smear",
+    "camex",
+    "ep-camex",
+    "namex",
+    "namex-full",
+    "namex-mom",
+    "namex-full-mom",
+)
 
 
 def build(family: str, vocab: int, p: dict, seed: int):
