@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tests.hf.tiny import dense_model, family_model, tokens
@@ -140,3 +142,29 @@ def test_upcycle_errors() -> None:
     hf.upcycle(model, 2, "smoe")
     with pytest.raises(ValueError, match="already converted"):
         hf.upcycle(model, 2, "smoe")
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_anchored_layers_under_gradient_checkpointing(reentrant: bool) -> None:
+    model = hf.upcycle(dense_model("llama"), 4, "namex-full-mom", noise=0.1, segment_len=4)
+    layers = hf.moe_layers(model)
+    assert isinstance(layers[1], hf.AnchoredMoEFeedForward) and not layers[1].owns_base
+    model.train()
+    x = tokens(2, 10)
+
+    def grads():
+        model.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert "model.layers.1.mlp.moe.anchor_w_in" in plain
+    with warnings.catch_warnings():  # transformers 5.24: renamed activation_checkpointing_enable
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+        )
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name, g in plain.items():
+        assert torch.allclose(checkpointed[name], g, rtol=1e-5, atol=1e-7), name
