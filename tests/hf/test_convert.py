@@ -12,7 +12,7 @@ from tests.hf.tiny import family_model, tokens
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("nashmoe.hf")
 
-FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
+FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "qwen3_5_moe_text"]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,6 +75,7 @@ def test_smear_with_a_one_hot_router_runs_that_expert() -> None:
         ("mixtral", "namex", {"segment_len": 4}),
         ("deepseek_v3", "namex-mom", {"segment_len": 4}),
         ("qwen2_moe", "camex", {"base": "shared", "segment_len": 3, "eta": 1.5}),
+        ("qwen3_5_moe_text", "namex-full", {"base": "shared", "segment_len": 4}),
     ],
 )
 def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, options) -> None:
@@ -87,6 +88,7 @@ def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, opti
     assert saved["model_type"] == "nashmoe_" + family
     assert saved["nashmoe"]["method"] == method
     assert saved["nashmoe"]["options"] == {"base": "mean", **options}
+    assert saved["nashmoe"]["moe_config"]["method"] == method
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     with torch.no_grad():
@@ -96,7 +98,13 @@ def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, opti
 
 
 @pytest.mark.parametrize(
-    ("family", "method"), [("mixtral", "namex"), ("qwen2_moe", "smear"), ("deepseek_v3", "smoe")]
+    ("family", "method"),
+    [
+        ("mixtral", "namex"),
+        ("qwen2_moe", "smear"),
+        ("deepseek_v3", "smoe"),
+        ("qwen3_5_moe_text", "namex"),
+    ],
 )
 def test_generate_with_cache_equals_without(family: str, method: str) -> None:
     options = {} if method == "smoe" else {"segment_len": 3}

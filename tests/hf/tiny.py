@@ -72,6 +72,21 @@ def family_model(family: str, seed: int = 0, **extra):
             v_head_dim=8,
         )
         cls = tf.DeepseekV3ForCausalLM
+    elif family == "qwen3_5_moe_text":  # hybrid: one linear-attention layer, one full
+        cfg = tf.Qwen3_5MoeTextConfig(
+            **COMMON,
+            head_dim=8,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=12,
+            num_experts=4,
+            num_experts_per_tok=2,
+            linear_num_value_heads=2,
+            linear_num_key_heads=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            layer_types=["linear_attention", "full_attention"],
+        )
+        cls = tf.Qwen3_5MoeForCausalLM
     else:
         raise ValueError(family)
     for k, v in extra.items():

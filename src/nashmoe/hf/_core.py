@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from nashmoe.hf._families import ALL_FAMILIES as FAMILIES
+from nashmoe.hf._families import config_for, load_block
 from nashmoe.hf._layers import (
     AnchoredMoEFeedForward,
     MaskContext,
@@ -25,7 +27,6 @@ from nashmoe.hf._layers import (
 from nashmoe.moe.adapter import MoEMLP
 from nashmoe.moe.chain import link_moe_layers
 from nashmoe.moe.config import METHODS, MoEConfig
-from nashmoe.moe.families import FAMILIES, family_config, load_hf_block
 from nashmoe.moe.layer import MoEFeedForward
 
 __all__ = [
@@ -99,6 +100,10 @@ _CLASSES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "qwen3_moe": ("Qwen3MoeConfig", [("AutoModelForCausalLM", "Qwen3MoeForCausalLM")]),
     "olmoe": ("OlmoeConfig", [("AutoModelForCausalLM", "OlmoeForCausalLM")]),
     "deepseek_v3": ("DeepseekV3Config", [("AutoModelForCausalLM", "DeepseekV3ForCausalLM")]),
+    "qwen3_5_moe_text": (
+        "Qwen3_5MoeTextConfig",
+        [("AutoModelForCausalLM", "Qwen3_5MoeForCausalLM")],
+    ),
     "llama": ("LlamaConfig", [("AutoModelForCausalLM", "LlamaForCausalLM")]),
     "mistral": ("MistralConfig", [("AutoModelForCausalLM", "MistralForCausalLM")]),
     "qwen2": ("Qwen2Config", [("AutoModelForCausalLM", "Qwen2ForCausalLM")]),
@@ -265,8 +270,9 @@ def convert(
     """Replace every sparse MoE block of a transformers 5 model by a
     :class:`~nashmoe.moe.MoEFeedForward` of ``method``, in place; returns the model.
 
-    Families: ``mixtral``, ``qwen2_moe``, ``qwen3_moe``, ``olmoe``, ``deepseek_v3``. The fused
-    expert tensors are read through the layout table :data:`nashmoe.moe.families.FAMILIES`; the
+    Families: ``mixtral``, ``qwen2_moe``, ``qwen3_moe``, ``olmoe``, ``deepseek_v3`` and
+    ``qwen3_5_moe_text`` (Qwen3.5-MoE's text model). The fused expert tensors are read through the
+    layout tables :data:`nashmoe.moe.families.FAMILIES` (and :mod:`nashmoe.hf._families`); the
     router weights are reused; shared experts (Qwen2-MoE with its gate, DeepSeek-V3) are kept;
     dense layers (``first_k_dense_replace``, ``mlp_only_layers``, ``decoder_sparse_step``) stay
     dense. ``method="smoe"`` reproduces the family's routing and computes the same function.
@@ -321,7 +327,7 @@ def convert(
             raise ValueError(f"base='shared': family {model_type!r} has no shared expert")
     elif curved and not (base == "mean" or (isinstance(base, int) and not isinstance(base, bool))):
         raise ValueError(f"base must be 'mean', 'shared' or an expert index, got {base!r}")
-    cfg = family_config(model_type, hf_config, method=method, **options)
+    cfg = config_for(model_type, hf_config, method=method, **options)
     if isinstance(base, int) and not 0 <= base < cfg.num_experts:
         raise ValueError(f"base expert index {base} is not in [0, {cfg.num_experts})")
     if base == "shared" and cfg.shared_experts * cfg.shared_d_ff != cfg.d_ff:
@@ -356,7 +362,7 @@ def convert(
     }
     with torch.no_grad():
         for layer, block in _install(model, spec):
-            load_hf_block(layer, block, model_type)
+            load_block(layer, block, model_type)
             target = None
             if layer.owns_base:
                 target = "base_"
