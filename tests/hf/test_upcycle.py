@@ -168,3 +168,26 @@ def test_anchored_layers_under_gradient_checkpointing(reentrant: bool) -> None:
     assert plain.keys() == checkpointed.keys()
     for name, g in plain.items():
         assert torch.allclose(checkpointed[name], g, rtol=1e-5, atol=1e-7), name
+
+
+def test_bert_encoder_upcycled_then_loaded_with_a_classification_head(tmp_path) -> None:
+    """The SST-2 path: an upcycled ``BertModel`` (as all-MiniLM-L6-v2) reloaded by
+    ``AutoModelForSequenceClassification`` keeps its MoE weights and trains with padding."""
+    encoder = transformers.BertModel(dense_model("bert").config)
+    hf.upcycle(encoder, 4, "namex", noise=0.05)
+    encoder.save_pretrained(tmp_path)
+    clf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert type(clf).__name__ == "NashMoEBertForSequenceClassification"
+    ours = dict(clf.bert.named_parameters())
+    for name, p in encoder.named_parameters():
+        assert torch.equal(ours[name], p), name
+    inputs = _inputs("bert")
+    for method in METHODS:  # one training step per method, padded batch
+        model = hf.upcycle(dense_model("bert"), 4, method, noise=0.05)
+        model.train()
+        model.config.output_router_logits = True
+        out = model(**inputs, labels=torch.tensor([0, 1]))
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and out.aux_loss is not None
+        layer = hf.moe_layers(model)[1]
+        assert layer.router.grad is not None and layer.router.grad.abs().sum() > 0, method
