@@ -200,6 +200,14 @@ def main(argv=None) -> int:
     parser.add_argument("--families", default="mixtral,qwen2_moe")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=None, help="override the preset's seeds")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="override the preset")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="override the preset")
+    parser.add_argument("--eval-tokens", type=int, default=None, help="override the preset")
+    parser.add_argument(
+        "--anchored",
+        action="store_true",
+        help="propagating methods: every layer's base anchored to its own experts",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
     import nashmoe.hf as hf
@@ -208,15 +216,20 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     p = dict(PRESETS[args.preset])
-    if args.seeds is not None:
-        p["seeds"] = args.seeds
+    for key in ("seeds", "pretrain_steps", "finetune_steps", "eval_tokens"):
+        if getattr(args, key) is not None:
+            p[key] = getattr(args, key)
     families = args.families.split(",")
     methods = args.methods.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus("shakespeare")
     vocab = corpus.tokenizer.vocab_size
-    results: dict = {"settings": p, "families": {}, "timings": {}}
+    results: dict = {
+        "settings": {**p, "anchored": args.anchored},
+        "families": {},
+        "timings": {},
+    }
     t_all = time.perf_counter()
     for family in families:
         t0 = time.perf_counter()
@@ -231,6 +244,10 @@ def main(argv=None) -> int:
             options = {} if method in ("smoe",) else {"segment_len": p["segment_len"]}
             if method in ("camex", "ep-camex") or method.startswith("namex"):
                 options["base"] = "shared" if family == "qwen2_moe" else "mean"
+            if args.anchored and method in ("ep-camex",) + tuple(
+                m for m in METHODS if m.startswith("namex")
+            ):
+                options["anchored"] = True
             runs = []
             for seed in range(p["seeds"]):
                 t1 = time.perf_counter()
