@@ -244,9 +244,7 @@ def main(argv=None) -> int:
             options = {} if method in ("smoe",) else {"segment_len": p["segment_len"]}
             if method in ("camex", "ep-camex") or method.startswith("namex"):
                 options["base"] = "shared" if family == "qwen2_moe" else "mean"
-            if args.anchored and method in ("ep-camex",) + tuple(
-                m for m in METHODS if m.startswith("namex")
-            ):
+            if args.anchored and (method == "ep-camex" or method.startswith("namex")):
                 options["anchored"] = True
             runs = []
             for seed in range(p["seeds"]):
