@@ -355,3 +355,29 @@ def test_merge_top_k_and_shared_under_bf16_autocast(method):
         for name, p in layer.named_parameters():
             if p.grad is not None:
                 assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("method", ["ep-camex", "namex"])
+def test_merge_top_k_last_in_chain_skips_the_step_only(method):
+    layers = make_stack(method, num_experts=5, merge_top_k=2)
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    from .naive import module_stack
+
+    expected = module_stack(layers, x)
+    layers[-1].last_in_chain = True
+    out = module_stack(layers, x)
+    torch.testing.assert_close(out, expected)
+    _, aux = layers[-1](x, state=layers[-2].last_aux.state, return_aux=True)
+    assert aux.state is None
+
+
+def test_bias_balancing_counts_once_under_activation_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    layer = MoEFeedForward(
+        MoEConfig(method="smoe", d_model=8, d_ff=8, num_experts=4, bias_balancing=True)
+    )
+    x = torch.randn(1, 6, 8, requires_grad=True)
+    checkpoint(layer, x, use_reentrant=False).sum().backward()
+    assert float(layer.expert_load.sum()) == 6 * 2  # 6 tokens × top-2, not recounted

@@ -19,7 +19,7 @@ Aux-loss-free balancing (Wang et al., arXiv 2408.15664; DeepSeek-V3; torchtitan'
 ``expert_bias``): the bias b is added to the scores for the selection only; after each step
 ``b_i += u · sign(mean load − load_i)``, centred so that Σ b stays 0 (only differences of b
 matter for the selection). ``sign`` makes the update independent of how many forwards were
-counted (activation checkpointing recounts the same tokens harmlessly). Under data parallelism,
+counted (gradient accumulation); a forward recomputed by activation checkpointing is not counted. Under data parallelism,
 all-reduce the load counts before the update so every replica applies the same bias.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["merge_selection", "topk_route", "update_router_biases"]
+__all__ = ["merge_selection", "topk_route", "update_bias", "update_router_biases"]
 
 
 def topk_route(
@@ -108,11 +108,9 @@ def update_bias(bias: Tensor, load: Tensor, rate: float) -> Tensor:
 def update_router_biases(model: nn.Module) -> int:
     """Call :meth:`~nashmoe.moe.MoEFeedForward.update_router_bias` on every MoE layer of
     ``model`` that uses ``bias_balancing``; returns how many were updated."""
-    from nashmoe.moe.layer import MoEFeedForward
-
     count = 0
-    for m in model.modules():
-        if isinstance(m, MoEFeedForward) and m.config.method == "smoe" and m.config.bias_balancing:
+    for m in model.modules():  # duck-typed: the layer module imports this one
+        if hasattr(m, "update_router_bias") and getattr(m, "expert_bias", None) is not None:
             m.update_router_bias()
             count += 1
     return count

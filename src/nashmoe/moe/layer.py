@@ -337,8 +337,8 @@ class MoEFeedForward(nn.Module):
             topk_group=cfg.topk_group,
             selection_bias=getattr(self, "expert_bias", None),
         )
-        if self.training and hasattr(self, "expert_load"):
-            with torch.no_grad():
+        if self.training and hasattr(self, "expert_load") and not _in_backward():
+            with torch.no_grad():  # (a checkpointed recomputation does not count twice)
                 self.expert_load += torch.bincount(
                     top_idx.reshape(-1), minlength=cfg.num_experts
                 ).to(self.expert_load.dtype)
@@ -531,9 +531,13 @@ class MoEFeedForward(nn.Module):
         else:
             base, layer_index = self.base_tensors(), 0
         raw = cfg.merge_top_k is not None and cfg.curvature_rank == 0 and cfg.merge_mask == "none"
-        if raw and cfg.method in ("camex", "ep-camex"):  # the N domain vectors are never formed
+        if raw and (cfg.method in ("camex", "ep-camex") or self.last_in_chain):
+            # the merge uses the raw experts and nothing else needs the N domain vectors
             part = _ParameterPart(base=base, vectors=experts, next_state=incoming, raw=True)
-            if cfg.method == "ep-camex":  # (γ/N) Σ_i τ_i = γ (mean_i E_i − E_m)
+            if cfg.propagates and self.last_in_chain:  # nothing uses the next base
+                part.next_state = None
+                part.alpha = None if incoming is None else incoming.alpha
+            elif cfg.method == "ep-camex":  # (γ/N) Σ_i τ_i = γ (mean_i E_i − E_m)
                 step = {name: e.mean(dim=0) - base[name] for name, e in experts.items()}
                 part.next_state = PropagationState(
                     base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
