@@ -109,3 +109,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, message) -> None
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert err.startswith(f"nashmoe {argv[0]}: error: ")
+
+
+def test_missing_transformers_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes the import fail
+    for name in [m for m in sys.modules if m == "nashmoe.hf" or m.startswith("nashmoe.hf.")]:
+        monkeypatch.delitem(sys.modules, name)
+    code = main(["convert", str(tmp_path), "--method", "smoe", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "nashmoe convert: error: nashmoe.hf needs transformers: pip install 'nashmoe[hf]'"
