@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.hf.tiny import dense_model, family_model, tokens
 
 from nashmoe.cli import main
+
+from .tiny import dense_model, family_model, tokens
 
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("nashmoe.hf")

@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import torch
-from tests.hf.tiny import family_model, tokens
+
+from .tiny import family_model, tokens
 
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("nashmoe.hf")

@@ -6,7 +6,8 @@ import warnings
 
 import pytest
 import torch
-from tests.hf.tiny import dense_model, family_model, tokens
+
+from .tiny import dense_model, family_model, tokens
 
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("nashmoe.hf")
