@@ -15,10 +15,12 @@ mean ± std over seeds) into ``--out``.
     python benchmarks/hf_convert_experiment.py --out runs/hf_convert            # full (≤100 min)
     python benchmarks/hf_convert_experiment.py --out /tmp/smoke --preset smoke  # ≈1 min
 
-The full preset is sized for at most 100 minutes on 2 CPU cores (estimate in PRESETS; not yet
-run). Methods use ``segment_len`` 16 (4 segments per block) and, for the CAMEx family, the base
-``shared`` (Qwen2-MoE) or ``mean`` (Mixtral: the domain vectors then sum to zero, so NAMEx's
-bargaining at the first layer is infeasible; see :func:`nashmoe.hf.convert`).
+The full preset is sized for at most 100 minutes on 2 CPU cores (measured step times and the
+estimate are in PRESETS; the full run has not been made yet). Methods use ``segment_len`` 16
+(4 segments per block) and, for the CAMEx family, the base ``shared`` (Qwen2-MoE) or ``mean``
+(Mixtral: the domain vectors then sum to zero, so NAMEx's bargaining at the first layer is
+infeasible; see :func:`nashmoe.hf.convert`). ``--anchored`` anchors every propagating layer's
+base to its own experts.
 """
 
 from __future__ import annotations
@@ -36,12 +38,11 @@ import torch
 import torch.nn.functional as F
 
 PRESETS = {
-    # Sizing (2 shared CPU cores, load average 5-6 while measured, so timings varied 3-5x):
-    # per step at block 64, batch 16 we saw 0.4-2.1 s pretraining (HF eager experts), 0.3-2.8 s
-    # fine-tuning (smear fastest, namex-full-mom slowest), 0.5-5 s per 4096 evaluated tokens.
-    # With the lower (uncontended) numbers: pretraining 2 x 1000 x 0.4 s = 13 min, 48 fine-tunes
-    # x (60 x 0.45 s + 2 evaluations x 1 s) = 23 min, about 40 min in all; about twice that on a
-    # busy machine, within 100 minutes. Fewer seeds or steps: --seeds, or edit the preset.
+    # Sizing, measured at this preset on the 2 shared CPU cores (load average about 6, so
+    # timings vary 2-5x; 2026-11-30): pretraining 0.6-1.2 s/step, fine-tuning 0.3-1.8 s/step
+    # (namex-full-mom slowest), 1.6-4.5 s per evaluation of 8192 tokens. Estimate: pretraining
+    # 2 x 1000 x 0.9 s = 30 min; 48 fine-tunes x (60 x 0.8 s + 2 x 3 s) = 43 min; about 75 min
+    # in all at that load (about 40 min on an idle machine), within 100 minutes.
     "full": dict(
         d_model=64,
         layers=4,
