@@ -77,6 +77,7 @@ def test_smear_with_a_one_hot_router_runs_that_expert() -> None:
         ("deepseek_v3", "namex-mom", {"segment_len": 4}),
         ("qwen2_moe", "camex", {"base": "shared", "segment_len": 3, "eta": 1.5}),
         ("qwen3_5_moe_text", "namex-full", {"base": "shared", "segment_len": 4}),
+        ("olmoe", "ep-camex", {"anchored": True, "segment_len": 4}),
     ],
 )
 def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, options) -> None:
@@ -90,6 +91,8 @@ def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, opti
     assert saved["nashmoe"]["method"] == method
     assert saved["nashmoe"]["options"] == {"base": "mean", **options}
     assert saved["nashmoe"]["moe_config"]["method"] == method
+    if options.get("anchored"):
+        assert isinstance(hf.moe_layers(model)[1], hf.AnchoredMoEFeedForward)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     with torch.no_grad():
