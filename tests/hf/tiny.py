@@ -72,6 +72,24 @@ def family_model(family: str, seed: int = 0, **extra):
             v_head_dim=8,
         )
         cls = tf.DeepseekV3ForCausalLM
+    elif family == "deepseek_v2":
+        c = dict(COMMON, num_hidden_layers=3, num_key_value_heads=2)
+        cfg = tf.DeepseekV2Config(
+            **c,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            routed_scaling_factor=2.0,
+            first_k_dense_replace=1,
+            kv_lora_rank=8,
+            q_lora_rank=None,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=4,
+            v_head_dim=8,
+        )
+        cls = tf.DeepseekV2ForCausalLM
     elif family == "qwen3_5_moe_text":  # hybrid: one linear-attention layer, one full
         cfg = tf.Qwen3_5MoeTextConfig(
             **COMMON,

@@ -100,6 +100,7 @@ _CLASSES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "qwen3_moe": ("Qwen3MoeConfig", [("AutoModelForCausalLM", "Qwen3MoeForCausalLM")]),
     "olmoe": ("OlmoeConfig", [("AutoModelForCausalLM", "OlmoeForCausalLM")]),
     "deepseek_v3": ("DeepseekV3Config", [("AutoModelForCausalLM", "DeepseekV3ForCausalLM")]),
+    "deepseek_v2": ("DeepseekV2Config", [("AutoModelForCausalLM", "DeepseekV2ForCausalLM")]),
     "qwen3_5_moe_text": (
         "Qwen3_5MoeTextConfig",
         [("AutoModelForCausalLM", "Qwen3_5MoeForCausalLM")],
@@ -270,10 +271,11 @@ def convert(
     """Replace every sparse MoE block of a transformers 5 model by a
     :class:`~nashmoe.moe.MoEFeedForward` of ``method``, in place; returns the model.
 
-    Families: ``mixtral``, ``qwen2_moe``, ``qwen3_moe``, ``olmoe``, ``deepseek_v3`` and
-    ``qwen3_5_moe_text`` (Qwen3.5-MoE's text model). The fused expert tensors are read through the
-    layout tables :data:`nashmoe.moe.families.FAMILIES` (and :mod:`nashmoe.hf._families`); the
-    router weights are reused; shared experts (Qwen2-MoE with its gate, DeepSeek-V3) are kept;
+    Families: ``mixtral``, ``qwen2_moe``, ``qwen3_moe``, ``olmoe``, ``deepseek_v3``,
+    ``qwen3_5_moe_text`` (Qwen3.5-MoE's text model) and ``deepseek_v2`` (greedy top-k). The
+    fused expert tensors are read through the layout tables
+    :data:`nashmoe.moe.families.FAMILIES` and :mod:`nashmoe.hf._families`; the router weights
+    are reused; shared experts (Qwen2-MoE and Qwen3.5-MoE with their gate, DeepSeek) are kept;
     dense layers (``first_k_dense_replace``, ``mlp_only_layers``, ``decoder_sparse_step``) stay
     dense. ``method="smoe"`` reproduces the family's routing and computes the same function.
 
