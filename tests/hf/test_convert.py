@@ -88,6 +88,7 @@ def test_smear_with_a_one_hot_router_runs_that_expert() -> None:
         ("qwen2_moe", "camex", {"base": "shared", "segment_len": 3, "eta": 1.5}),
         ("qwen3_5_moe_text", "namex-full", {"base": "shared", "segment_len": 4}),
         ("olmoe", "ep-camex", {"anchored": True, "segment_len": 4}),
+        ("deepseek_v2", "camex", {"segment_len": 3}),
     ],
 )
 def test_save_pretrained_and_auto_from_pretrained(tmp_path, family, method, options) -> None:
