@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base",
         type=_base,
         default=None,
-        help="base expert of the CAMEx family: mean (default), shared, or an expert index",
+        help="base expert of the CAMEx family: shared (default where it fits), mean (default "
+        "otherwise), or an expert index",
     )
     parser.add_argument(
         "--anchored",

@@ -284,9 +284,9 @@ def convert(
         method: ``smoe``, ``smear``, ``camex``, ``ep-camex``, ``namex``, ``namex-full``,
             ``namex-mom`` or ``namex-full-mom``.
         base: the base expert E_m of the CAMEx family (the first MoE layer's for the
-            propagating methods, every layer's for ``camex``): ``"mean"`` (default) the mean of
-            the layer's experts, ``"shared"`` the family's shared expert (its width must equal
-            the experts'), or an expert index.
+            propagating methods, every layer's for ``camex``): ``"shared"`` the family's shared
+            expert (its width must equal the experts'; the default where it does), ``"mean"``
+            the mean of the layer's experts (the default otherwise), or an expert index.
         **moe_options: :class:`~nashmoe.moe.MoEConfig` fields (``unit``, ``segment_len``,
             ``eta``, ``gamma`` ...); an option the method does not use is an error.
         anchored: propagating methods only: anchor every layer's base to its own ``base``
@@ -295,8 +295,9 @@ def convert(
             the first layer's (the paper's propagation, default).
 
     With ``base="mean"`` the domain vectors of the base's own layer sum to zero, so no direction
-    improves every expert: NAMEx's bargaining there is infeasible (the solver may report it as
-    not converged with very large α); prefer ``base="shared"`` where the family has one.
+    improves every expert: NAMEx's bargaining there is infeasible (in float32 the solver may
+    return a large α from the rounding residue instead); hence ``"shared"`` is the default where
+    the family has a shared expert of the experts' width.
 
     The propagation state is threaded through the decoder layers by
     :func:`~nashmoe.moe.link_moe_layers` (also under gradient checkpointing and cached
@@ -321,15 +322,16 @@ def convert(
         raise ValueError(
             f"base is only used by the CAMEx family (camex, ep-camex, namex*), not by {method!r}"
         )
-    if curved and base is None:
-        base = "mean"
     layout = FAMILIES[model_type]
+    cfg = config_for(model_type, hf_config, method=method, **options)
+    if curved and base is None:  # the shared expert where it fits, else the mean
+        fits = cfg.shared_experts and cfg.shared_experts * cfg.shared_d_ff == cfg.d_ff
+        base = "shared" if fits else "mean"
     if base == "shared":
         if layout.shared is None:
             raise ValueError(f"base='shared': family {model_type!r} has no shared expert")
     elif curved and not (base == "mean" or (isinstance(base, int) and not isinstance(base, bool))):
         raise ValueError(f"base must be 'mean', 'shared' or an expert index, got {base!r}")
-    cfg = config_for(model_type, hf_config, method=method, **options)
     if isinstance(base, int) and not 0 <= base < cfg.num_experts:
         raise ValueError(f"base expert index {base} is not in [0, {cfg.num_experts})")
     if base == "shared" and cfg.shared_experts * cfg.shared_d_ff != cfg.d_ff:
