@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from nashmoe._argtypes import HelpFormatter
 from nashmoe._version import __version__
 from nashmoe._warnings import NashmoeWarning
 
@@ -56,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown subcommand {name!r} (choose from {', '.join(sorted(SUBCOMMANDS))})")
     module_name, help_ = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
+    parser = argparse.ArgumentParser(
+        prog=f"nashmoe {name}",
+        description=(module.__doc__ or help_).strip(),
+        formatter_class=HelpFormatter,
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     with warnings.catch_warnings():

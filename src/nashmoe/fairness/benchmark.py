@@ -98,7 +98,8 @@ def _run_job(job: dict) -> dict:
     dataset, sensitive = _split_task(job["task"])
     ds = _dataset(dataset, sensitive, job["seed"], job["data_dir"], job["meta_per_cell"])
     config = config_for(dataset, sensitive, job["method"], seed=job["seed"], **job["overrides"])
-    result = train_fair(ds, config).to_dict()
+    # per-epoch test metrics feed only the labelled reference-protocol table (aggregate)
+    result = train_fair(ds, config, test_every_epoch=True).to_dict()
     result["task"] = job["task"]
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)

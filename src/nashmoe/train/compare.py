@@ -18,6 +18,7 @@ is recorded as diverged (step and reason) and left out of the table; the other r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from nashmoe._argtypes import parse_seeds as _parse_seeds
 from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
@@ -45,31 +47,16 @@ __all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "pa
 
 
 def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
-    """Seeds from ``"3"`` (a count: 0, 1, 2), ``"0,5,7"`` or ``"5,"`` (a list), or ints."""
-    if isinstance(text, int):
-        values: list[int] = list(range(text))
-        if text < 1:
-            raise ValueError(f"seed count must be >= 1, got {text}")
-        return values
-    if not isinstance(text, str):
-        return [int(s) for s in text]
-    text = text.strip()
+    """Seeds from ``"3"`` (a count: 0, 1, 2), ``"0,5,7"``, ``"0-4"`` or ``"5,"`` (a list), or ints
+    (see :func:`nashmoe._argtypes.parse_seeds`, shared by every subcommand).
+
+    Raises:
+        ValueError: text that is neither a count nor a list of distinct seeds.
+    """
     try:
-        if "," not in text:
-            n = int(text)
-            if n < 1:
-                raise ValueError(f"seed count must be >= 1, got {n}")
-            return list(range(n))
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        if "seed count" in str(err):
-            raise
-        raise ValueError(
-            f"--seeds takes a count (3 → 0,1,2) or a comma-separated list (0,5,7), got {text!r}"
-        ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds needs distinct seeds, got {text!r}")
-    return seeds
+        return _parse_seeds(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--seeds: {err}") from None
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:

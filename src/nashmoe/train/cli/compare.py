@@ -16,7 +16,7 @@ import shlex
 import sys
 from typing import Any
 
-from nashmoe._argtypes import positive_int
+from nashmoe._argtypes import add_seeds_argument, positive_int
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default="all", help="comma-separated methods (default all nine)"
     )
-    parser.add_argument(
-        "--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,5,7); default 1"
-    )
+    add_seeds_argument(parser, default=1, help="the same seeds for every method")
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument(
         "--jobs", type=positive_int, default=1, help="trainings in parallel processes"
@@ -81,6 +79,8 @@ def _command(args: argparse.Namespace) -> str:
         flag = action.option_strings[-1]
         if isinstance(value, bool):
             parts.append(flag)
+        elif dest == "seeds":
+            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
         elif isinstance(value, list):
             parts += [x for v in value for x in (flag, str(v))]
         else:
