@@ -36,14 +36,27 @@ from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
 from nashmoe.train.checkpoint import read_json, write_json_atomic
-from nashmoe.train.config import TrainConfig
+from nashmoe.train.config import TrainConfig, options_for_method, unused_options
 from nashmoe.train.divergence import TrainingDiverged
 from nashmoe.train.loggers import read_metrics
-from nashmoe.train.report import format_table, summarize, verdict
+from nashmoe.train.report import (
+    format_paired,
+    format_table,
+    paired_table,
+    summarize,
+    verdict,
+)
 from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, git_state, train
 
-__all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
+__all__ = [
+    "CompareResult",
+    "check_options_used",
+    "compare",
+    "expert_similarity",
+    "parse_methods",
+    "parse_seeds",
+]
 
 
 def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
@@ -57,6 +70,26 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
         return _parse_seeds(text)
     except argparse.ArgumentTypeError as err:
         raise ValueError(f"--seeds: {err}") from None
+
+
+def check_options_used(model: dict[str, Any], methods: Sequence[str]) -> dict[str, list[str]]:
+    """Which methods use each model override; an override that none of ``methods`` uses is an
+    error (it would be recorded and ignored). Returns ``{key: [methods that use it]}``.
+
+    Raises:
+        ValueError: naming the overrides no method uses.
+    """
+    keys = [k for k in model if k != "moe_options"] + list(model.get("moe_options") or {})
+    unused = {m: unused_options(m, model) for m in methods}
+    users = {k: [m for m in methods if k not in unused[m]] for k in keys}
+    idle = [k for k, ms in users.items() if not ms]
+    if idle:
+        reasons = "; ".join(f"{k}: {unused[methods[0]][k]}" for k in idle)
+        raise ValueError(
+            f"no method of this comparison ({', '.join(methods)}) uses "
+            f"{', '.join(idle)} ({reasons}); --set would be ignored"
+        )
+    return users
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
@@ -180,6 +213,7 @@ def compare(
     resume: bool = False,
     overwrite: bool = False,
     plots: bool = True,
+    model_overrides: dict[str, Any] | None = None,
     command: str | None = None,
     log=print,
 ) -> CompareResult:
@@ -197,6 +231,10 @@ def compare(
         overwrite: replace the runs already in ``out``. Without ``resume`` or ``overwrite``, an
             ``out`` that holds any of the runs is an error (before anything is trained).
         plots: write the PNG plots (needs matplotlib).
+        model_overrides: model overrides (as :func:`~nashmoe.train.parse_model_overrides`
+            returns) applied to each method that uses them (``gamma`` to the propagating methods
+            only, ``top_k`` to smoe only); each run's ``config`` records what it used. An
+            override that no method uses is an error. Default: ``base.model`` for every method.
         command: the command line, recorded in the outputs.
         log: where progress messages go.
     """
@@ -206,10 +244,13 @@ def compare(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
+    overrides = dict(base.model) if model_overrides is None else dict(model_overrides)
+    users = check_options_used(overrides, methods)
     out = check_writable_dir(out, option="--out")
     configs = [
         base.replace(
             method=m,
+            model=options_for_method(overrides, m),
             seed=s,
             name=f"{m}-s{s}",
             out_dir=str(out / "runs" / f"{m}-s{s}"),
@@ -266,7 +307,8 @@ def compare(
     ]
     summary = summarize(finished, methods)
     table = format_table(summary)
-    text = verdict(summary) if finished else "No run finished: every run diverged."
+    text = verdict(summary, finished) if finished else "No run finished: every run diverged."
+    paired = paired_table(finished, methods)
     if diverged:
         text += (
             " Diverged (left out of the table): "
@@ -285,10 +327,14 @@ def compare(
         "methods": methods,
         "seeds": seeds,
         "settings": {
-            k: v
-            for k, v in base.to_dict().items()
-            if k not in ("method", "seed", "name", "out_dir", "progress")
+            **{
+                k: v
+                for k, v in base.to_dict().items()
+                if k not in ("method", "seed", "name", "out_dir", "progress")
+            },
+            "model": overrides,
         },
+        "overrides_used_by": users,
         "git": git,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -302,12 +348,13 @@ def compare(
             **info,
             "summary": summary,
             "verdict": text,
+            "paired": paired,
             "diverged": diverged,
             "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
             "files": files,
         },
     )
-    _write_markdown(out / "results.md", info, table, text, files)
+    _write_markdown(out / "results.md", info, table, text, files, paired)
     files["results.json"] = str(out / "results.json")
     files["results.md"] = str(out / "results.md")
     return CompareResult(
@@ -347,7 +394,12 @@ def _write_plots(
 
 
 def _write_markdown(
-    path: Path, info: dict[str, Any], table: str, text: str, files: dict[str, str]
+    path: Path,
+    info: dict[str, Any],
+    table: str,
+    text: str,
+    files: dict[str, str],
+    paired: list[dict[str, Any]] | None = None,
 ) -> None:
     s = info["settings"]
     lines = [
@@ -378,6 +430,24 @@ def _write_markdown(
         text,
         "",
     ]
+    partial = {
+        k: ms for k, ms in (info.get("overrides_used_by") or {}).items() if ms != info["methods"]
+    }
+    if partial:
+        lines += [
+            "Options applied only to the methods that use them: "
+            + "; ".join(f"`{k}` to {', '.join(ms)}" for k, ms in partial.items())
+            + ".",
+            "",
+        ]
+    if paired:
+        lines += [
+            "Paired test-perplexity differences (same seed across methods; negative: the method "
+            "is better than the reference; 95% t-interval, ddof = 1):",
+            "",
+            format_paired(paired),
+            "",
+        ]
     if files:
         lines += ["Plots: " + ", ".join(f"`{Path(p).name}`" for p in files.values()), ""]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -19,13 +19,16 @@ from typing import Any
 from nashmoe.data import CORPORA, TOKENIZERS
 from nashmoe.models import PRESETS, GPTConfig
 from nashmoe.moe import METHODS, MoEConfig
+from nashmoe.moe.config import MERGING_METHODS, NASH_METHODS
 
 __all__ = [
     "DISTRIBUTED",
     "DTYPES",
     "TrainConfig",
     "build_model_config",
+    "options_for_method",
     "parse_model_overrides",
+    "unused_options",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -56,6 +59,76 @@ _MOE_FIELDS = {
         "out_init_std",
     )
 }
+
+
+_MOE = tuple(m for m in METHODS if m != "dense")
+_MERGING_WHAT = "the merging methods (smear, camex, ep-camex, namex*)"
+# GPTConfig fields (and MoEConfig fields with a non-None default) that only some methods use:
+# field -> (methods, description).
+_USED_BY: dict[str, tuple[tuple[str, ...], str]] = {
+    "num_experts": (_MOE, "the MoE methods (every method but dense)"),
+    "moe_every": (_MOE, "the MoE methods (every method but dense)"),
+    "balance_coef": (_MOE, "the MoE methods (every method but dense)"),
+    "top_k": (("smoe",), "method 'smoe'"),
+    "segment_len": (MERGING_METHODS, _MERGING_WHAT),
+    "first_segment": (MERGING_METHODS, _MERGING_WHAT),
+    "nash_max_iter": (
+        NASH_METHODS,
+        "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)",
+    ),
+    "nash_tol": (NASH_METHODS, "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)"),
+}
+
+
+def _unused_reason(method: str, key: str, value: Any, *, moe: bool) -> str | None:
+    """Why ``method`` would ignore the override ``key=value`` (None: it uses it)."""
+    if key in _USED_BY:
+        methods, what = _USED_BY[key]
+        return None if method in methods else f"only used by {what}"
+    if not moe:
+        return None
+    if method == "dense":
+        return "a MoE option, and dense has no MoE layer"
+    probe: dict[str, Any] = {"method": method, "d_model": 8, "d_ff": 8, "num_experts": 2}
+    if method == "smoe":
+        probe["top_k"] = 1
+    try:
+        MoEConfig(**probe, **{key: value})
+    except ValueError as err:
+        text = str(err)
+        if "only used by" in text:
+            return "only used by " + text.split("only used by ", 1)[1].split(", not by method")[0]
+    except TypeError:
+        return None
+    return None
+
+
+def unused_options(method: str, model: dict[str, Any]) -> dict[str, str]:
+    """The overrides in ``model`` (GPTConfig fields and ``moe_options``) that ``method`` does not
+    use, with the reason: ``{key: "only used by ..."}``."""
+    out: dict[str, str] = {}
+    for key, value in model.items():
+        if key == "moe_options":
+            continue
+        reason = _unused_reason(method, key, value, moe=False)
+        if reason:
+            out[key] = reason
+    for key, value in (model.get("moe_options") or {}).items():
+        reason = _unused_reason(method, key, value, moe=True)
+        if reason:
+            out[key] = reason
+    return out
+
+
+def options_for_method(model: dict[str, Any], method: str) -> dict[str, Any]:
+    """``model`` without the overrides that ``method`` does not use (``nashmoe compare`` applies
+    an option to the methods that use it and records it for those runs only)."""
+    unused = unused_options(method, model)
+    out = {k: v for k, v in model.items() if k not in unused and k != "moe_options"}
+    moe = {k: v for k, v in (model.get("moe_options") or {}).items() if k not in unused}
+    if moe:
+        out["moe_options"] = moe
+    return out
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -196,6 +269,15 @@ class TrainConfig:
                 f"unknown model field(s) {', '.join(sorted(unknown))}; "
                 f"choose from {', '.join(sorted(_MODEL_FIELDS))}"
             )
+        unused = unused_options(self.method, self.model)
+        if unused:
+            raise ValueError(
+                "; ".join(
+                    f"method {self.method!r} does not use {key} ({reason}); "
+                    f"--set {key}=... would be ignored"
+                    for key, reason in unused.items()
+                )
+            )
         if self.warmup is None:
             object.__setattr__(self, "warmup", max(1, round(0.05 * self.steps)))
         if self.min_lr is None:
@@ -219,8 +301,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from :meth:`to_dict` output; also reads the ``config.json`` of older runs
+        (overrides their method ignored are dropped: they never had an effect)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("model"), dict) and d.get("method") in METHODS:
+            d["model"] = options_for_method(d["model"], d["method"])
+        return cls(**d)
 
 
 def build_model_config(config: TrainConfig, *, vocab_size: int) -> GPTConfig:

@@ -21,10 +21,12 @@ from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
     auto_threads,
+    check_extras,
     config_from_args,
     report_error,
 )
-from nashmoe.train.compare import compare, parse_methods, parse_seeds
+from nashmoe.train.compare import check_options_used, compare, parse_methods, parse_seeds
+from nashmoe.train.config import options_for_method, parse_model_overrides
 from nashmoe.train.distributed import resolve_device
 
 # The default budget: all nine methods, one seed, evaluation and plots in about 6-8 minutes on a
@@ -99,18 +101,17 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args.device)
         # every method's shape is checked now (a segment length that does not divide the block
         # size fails here, not after hours of training the methods before it)
+        overrides = parse_model_overrides(args.overrides)
+        check_options_used(overrides, methods)
         base = config_from_args(
-            args, method=methods[0], threads=auto_threads(args.threads, args.jobs)
+            args,
+            method=methods[0],
+            model=options_for_method(overrides, methods[0]),
+            threads=auto_threads(args.threads, args.jobs),
         )
         for m in methods[1:]:
-            base.replace(method=m)
-        if not args.no_plots:
-            import importlib.util
-
-            if importlib.util.find_spec("matplotlib") is None:
-                raise ImportError(
-                    "plots need matplotlib: pip install 'nashmoe[plot]' (or pass --no-plots)"
-                )
+            base.replace(method=m, model=options_for_method(overrides, m))
+        check_extras(base, plots=not args.no_plots)
     except USER_ERRORS as err:
         return report_error("compare", err)
     try:
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             plots=not args.no_plots,
+            model_overrides=overrides,
             command=_command(args),
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
         )

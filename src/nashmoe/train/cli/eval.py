@@ -15,7 +15,7 @@ import torch
 
 from nashmoe._argtypes import positive_int
 from nashmoe.data import SPLITS, load_corpus
-from nashmoe.train.cli.common import USER_ERRORS, check_output_file, report_error
+from nashmoe.train.cli.common import USER_ERRORS, check_extras, check_output_file, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.evaluate import evaluate
 from nashmoe.train.restore import WEIGHTS, load_model
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         if args.json:
             check_output_file(args.json, option="--json")
+        check_extras()  # safetensors, before the checkpoint is opened
         loaded = load_model(args.checkpoint, weights=args.weights, device=device)
         cfg = loaded.config
         corpus = load_corpus(

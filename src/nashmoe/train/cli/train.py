@@ -20,6 +20,7 @@ from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
     auto_threads,
+    check_extras,
     config_from_args,
     report_error,
 )
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume and --overwrite exclude each other")
         if args.allow_missing_optimizer and not args.resume:
             raise ValueError("--allow-missing-optimizer only applies with --resume")
+        check_extras(config)
         resolve_device(args.device)
         # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
