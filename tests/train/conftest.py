@@ -41,7 +41,7 @@ def small_corpus(full_corpus: Corpus) -> Corpus:
     return Corpus(
         name=c.name,
         train=c.train[:20000].clone(),
-        valid=c.valid[:2001].clone(),
+        validation=c.validation[:2001].clone(),
         test=c.test[:1500].clone(),
         tokenizer=c.tokenizer,
         info=dict(c.info),

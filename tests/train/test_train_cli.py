@@ -29,7 +29,7 @@ def test_train_eval_generate_compare(tmp_path, capsys):
         main(["eval", str(run), "--split", "valid,test", "--json", str(tmp_path / "e.json")]) == 0
     )
     out = capsys.readouterr().out
-    assert "valid: loss" in out and "test: loss" in out
+    assert "validation: loss" in out and "test: loss" in out
     evaluated = json.loads((tmp_path / "e.json").read_text())
     result = json.loads((run / "result.json").read_text())
     assert evaluated["test"]["ppl"] == pytest.approx(result["test"]["ppl"], rel=1e-6)
@@ -68,7 +68,7 @@ def test_train_eval_generate_compare(tmp_path, capsys):
     assert len(sim["matrices"]) == 2 and len(sim["matrices"][0]) == 4
     assert all(-1.0 <= v <= 1.0 for v in sim["mean_offdiag"])
     md = (out_dir / "results.md").read_text()
-    assert "| method | valid ppl | test ppl |" in md and "Lowest mean test perplexity" in md
+    assert "| method | validation ppl | test ppl |" in md and "Lowest mean test perplexity" in md
     for name in ("loss_curves.png", "alpha.png", "similarity.png", "similarity_matrices.png"):
         assert (out_dir / name).read_bytes()[:8] == PNG, name
     # --resume reuses the finished runs

@@ -48,7 +48,7 @@ def test_two_processes_match_one(tmp_path, full_corpus, method, strategy):
     assert ddp["step"] == one["step"]
     assert ddp["train/loss"][:4] == pytest.approx(one["train/loss"][:4], rel=1e-6)
     assert ddp["train/aux_loss"][:4] == pytest.approx(one["train/aux_loss"][:4], rel=1e-5)
-    assert ddp["val/loss"][3] == pytest.approx(one["val/loss"][3], rel=1e-7)
+    assert ddp["validation/loss"][3] == pytest.approx(one["validation/loss"][3], rel=1e-7)
     assert ddp["test/loss"][4] == pytest.approx(single.test["loss"], rel=1e-7)
     a = load_checkpoint(tmp_path / "ddp").model_state()
     b = load_checkpoint(tmp_path / "one").model_state()

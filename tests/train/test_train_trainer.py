@@ -32,12 +32,12 @@ def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corp
     assert config["model"]["n_layer"] == 2 and config["model"]["vocab_size"] == 66
     assert config["params"] == result.params
     cols = read_metrics(run)
-    val_steps = [s for s, v in zip(cols["step"], cols["val/loss"]) if v is not None]
+    val_steps = [s for s, v in zip(cols["step"], cols["validation/loss"]) if v is not None]
     assert val_steps == [3, 6, 9, 12]
-    vals = [v for v in cols["val/loss"] if v is not None]
+    vals = [v for v in cols["validation/loss"] if v is not None]
     assert result.best_step == val_steps[vals.index(min(vals))]
-    assert result.valid["loss"] == pytest.approx(min(vals), abs=0)
-    assert result.final_valid["loss"] == pytest.approx(vals[-1], abs=0)
+    assert result.validation["loss"] == pytest.approx(min(vals), abs=0)
+    assert result.final_validationation["loss"] == pytest.approx(vals[-1], abs=0)
     assert result.best_step < 12, "expected the overfitting run to select an earlier step"
     # test was evaluated once, on the selected weights
     loaded = load_model(run, weights="best")
@@ -46,7 +46,7 @@ def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corp
     assert again["loss"] == pytest.approx(result.test["loss"], rel=1e-6)
     last = load_model(run, weights="last")
     assert last.step == 12
-    assert evaluate(last.model, small_corpus.valid, block_size=32)["loss"] == pytest.approx(
+    assert evaluate(last.model, small_corpus.validation, block_size=32)["loss"] == pytest.approx(
         vals[-1], rel=1e-6
     )
     saved = json.loads((run / "result.json").read_text())
@@ -91,7 +91,7 @@ def test_resume_after_a_crash_is_exact(tmp_path, small_corpus, method, model):
 
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert a["step"] == b["step"]
-    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "val/loss", "test/loss"):
+    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "validation/loss", "test/loss"):
         assert a[key] == b[key], key
     sa, sb = load_checkpoint(tmp_path / "a").model_state(), load_checkpoint(tmp_path / "b")
     sb = sb.model_state()
@@ -136,7 +136,7 @@ def test_evaluation_is_exact(small_corpus, block_size):
             block_size=block_size,
         )
     ).eval()
-    data = small_corpus.valid[:301]
+    data = small_corpus.validation[:301]
     got = evaluate(model, data, block_size=block_size, batch_size=5)
     # naive reference: every target once, in order; context = its evaluation block
     total, count = 0.0, 0

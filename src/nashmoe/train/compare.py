@@ -117,7 +117,7 @@ def expert_similarity(model: torch.nn.Module, corpus: Corpus, *, blocks: int = 8
     device = next(model.parameters()).device
     x, _ = next(
         iter_eval_batches(
-            corpus.valid, batch_size=blocks, block_size=model.config.block_size, device=device
+            corpus.validation, batch_size=blocks, block_size=model.config.block_size, device=device
         )
     )
     model.eval()
@@ -283,7 +283,8 @@ def compare(
             return
         log(
             f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
-            f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
+            f"validation ppl {rec.get('validation', rec.get('valid'))['ppl']:.3f}, "
+            f"test ppl {rec['test']['ppl']:.3f}, "
             f"{rec['timing']['tokens_per_s']:.0f} tok/s{tag}"
         )
 

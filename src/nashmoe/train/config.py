@@ -16,7 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from nashmoe.data import CORPORA, TOKENIZERS
+from nashmoe.data import CORPORA, TOKENIZERS, corpus_label
+from nashmoe.data._pretrained import is_tokenizer_path
 from nashmoe.models import PRESETS, GPTConfig
 from nashmoe.moe import METHODS, MoEConfig
 from nashmoe.moe.config import MERGING_METHODS, NASH_METHODS
@@ -209,11 +210,19 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.corpus not in CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; choose from {', '.join(CORPORA)}")
-        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
+        # a name, or a path (checked to exist when the corpus is loaded, and by the CLI before
+        # any work, so that a restored config does not need the files)
+        if not isinstance(self.corpus, str) or not self.corpus:
             raise ValueError(
-                f"unknown tokenizer {self.tokenizer!r}; choose from {', '.join(TOKENIZERS)}"
+                f"corpus must be one of {', '.join(CORPORA)} or a path, got {self.corpus!r}"
+            )
+        if self.tokenizer is not None and (
+            not isinstance(self.tokenizer, str)
+            or (self.tokenizer not in TOKENIZERS and not is_tokenizer_path(self.tokenizer))
+        ):
+            raise ValueError(
+                f"unknown tokenizer {self.tokenizer!r}; choose from {', '.join(TOKENIZERS)} or "
+                "give a tokenizer.json file or a tokenizer directory"
             )
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
@@ -284,7 +293,9 @@ class TrainConfig:
             object.__setattr__(self, "min_lr", self.lr / 10)
         if self.name is None:
             object.__setattr__(
-                self, "name", f"{self.corpus}-{self.preset}-{self.method}-s{self.seed}"
+                self,
+                "name",
+                f"{corpus_label(self.corpus)}-{self.preset}-{self.method}-s{self.seed}",
             )
         if self.out_dir is None:
             object.__setattr__(self, "out_dir", os.path.join("runs", self.name))

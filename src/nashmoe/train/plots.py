@@ -67,7 +67,10 @@ def plot_loss_curves(
             mean = [sum(c[1][j] for c in curves) / len(curves) for j in range(n)]
             weight = 0.6 if n > 20 else 0.0
             ax.plot(steps, _ema(mean, weight), color=color, label=method, lw=1.4)
-        vals = [_column(m, "val/loss") for m in runs]
+        # "val/loss" in metrics.csv files written before the split was named "validation"
+        vals = [
+            _column(m, "validation/loss" if "validation/loss" in m else "val/loss") for m in runs
+        ]
         vals = [v for v in vals if v[0]]
         if vals:
             n = min(len(v[0]) for v in vals)

@@ -36,6 +36,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
+def _validation(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record's validation metrics (``"valid"`` in records written before 0.x)."""
+    return record["validation"] if "validation" in record else record["valid"]
+
+
 def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """One row per method (in ``methods`` order) from per-run records (``TrainResult.to_dict()``
     plus ``similarity``)."""
@@ -61,9 +66,9 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
             {
                 "method": m,
                 "seeds": [r["seed"] for r in rs],
-                "valid_ppl": mean_std([r["valid"]["ppl"] for r in rs]),
+                "validation_ppl": mean_std([_validation(r)["ppl"] for r in rs]),
                 "test_ppl": mean_std([r["test"]["ppl"] for r in rs]),
-                "valid_loss": mean_std([r["valid"]["loss"] for r in rs]),
+                "validation_loss": mean_std([_validation(r)["loss"] for r in rs]),
                 "test_loss": mean_std([r["test"]["loss"] for r in rs]),
                 "params_total": rs[0]["params"]["total"],
                 "params_active": rs[0]["params"]["active"],
@@ -95,7 +100,7 @@ def _opt(v: float | None, fmt: str) -> str:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows."""
     head = (
-        "| method | valid ppl | test ppl | params (total / active) | tokens/s | step time "
+        "| method | validation ppl | test ppl | params (total / active) | tokens/s | step time "
         "vs dense | Nash residual (max) | fallbacks / not conv. | ‖∂L/∂E_m‖ | expert cos sim |"
     )
     lines = [head, "|" + "---|" * 10]
@@ -110,7 +115,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             + " | ".join(
                 [
                     r["method"],
-                    _pm(r["valid_ppl"]),
+                    _pm(r["validation_ppl"]),
                     _pm(r["test_ppl"]),
                     f"{r['params_total'] / 1e6:.3f} M / {r['params_active'] / 1e6:.3f} M",
                     _pm(r["tokens_per_s"], 0),

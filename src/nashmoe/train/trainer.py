@@ -103,8 +103,9 @@ class TrainResult:
     """Outcome of :func:`train`.
 
     Attributes:
-        valid, test: ``{"loss", "ppl", "tokens"}`` of the selected (best validation) weights.
-        final_valid: validation of the last step's weights.
+        validation, test: ``{"loss", "ppl", "tokens"}`` of the selected (best validation)
+            weights (``valid``: a deprecated alias).
+        final_validation: validation of the last step's weights (``final_valid``: alias).
         best_step: the step of the selected weights.
         params: ``{"total", "active"}`` parameters.
         timing: ``tokens_per_s``, ``step_time_s`` (mean over timed steps), ``train_time_s``,
@@ -118,9 +119,9 @@ class TrainResult:
     config: TrainConfig
     model_config: GPTConfig
     run_dir: Path
-    valid: dict[str, float]
+    validation: dict[str, float]
     test: dict[str, float]
-    final_valid: dict[str, float]
+    final_validation: dict[str, float]
     best_step: int
     params: dict[str, int]
     timing: dict[str, float]
@@ -128,6 +129,16 @@ class TrainResult:
     base_grad_norm: float | None = None
     model: GPT | None = field(default=None, repr=False)
     corpus: Corpus | None = field(default=None, repr=False)
+
+    @property
+    def valid(self) -> dict[str, float]:
+        """Deprecated alias of :attr:`validation`."""
+        return self.validation
+
+    @property
+    def final_valid(self) -> dict[str, float]:
+        """Deprecated alias of :attr:`final_validation`."""
+        return self.final_validation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,9 +148,9 @@ class TrainResult:
             "preset": self.config.preset,
             "steps": self.config.steps,
             "run_dir": str(self.run_dir),
-            "valid": self.valid,
+            "validation": self.validation,
             "test": self.test,
-            "final_valid": self.final_valid,
+            "final_validation": self.final_validation,
             "best_step": self.best_step,
             "params": self.params,
             "timing": self.timing,
@@ -437,7 +448,7 @@ def _train(
     if corpus is None:
         corpus = corpus_for(config)
     mcfg = build_model_config(config, vocab_size=corpus.vocab_size)
-    for split in ("train", "valid", "test"):
+    for split in ("train", "validation", "test"):
         n = corpus.split(split).numel()
         if n < mcfg.block_size + 1:
             raise ValueError(
@@ -638,14 +649,14 @@ def _train(
                 done == config.steps
             ):
                 te = time.perf_counter()
-                last_valid = evaluate(eval_model, corpus.valid, **eval_kwargs)
+                last_valid = evaluate(eval_model, corpus.validation, **eval_kwargs)
                 timing["eval_time_s"] += time.perf_counter() - te
                 if not math.isfinite(last_valid["loss"]):
                     raise TrainingDiverged(
                         done, f"validation loss ({last_valid['loss']})", last_checkpoint
                     )
-                metrics["val/loss"] = last_valid["loss"]
-                metrics["val/ppl"] = last_valid["ppl"]
+                metrics["validation/loss"] = last_valid["loss"]
+                metrics["validation/ppl"] = last_valid["ppl"]
                 if last_valid["loss"] < best["val_loss"]:
                     best = {"step": done, "val_loss": last_valid["loss"], "valid": last_valid}
                     best_state = _full_model_state(wrapped, ctx)
@@ -656,7 +667,7 @@ def _train(
                     done,
                     loss=metrics.get("train/loss", float("nan")),
                     tok_s=metrics.get("train/tokens_per_s", float("nan")),
-                    **({"val": metrics["val/loss"]} if "val/loss" in metrics else {}),
+                    **({"val": metrics["validation/loss"]} if "validation/loss" in metrics else {}),
                 )
             else:
                 progress.update(done)
@@ -705,9 +716,9 @@ def _train(
         config=config,
         model_config=mcfg,
         run_dir=run_dir,
-        valid=valid,
+        validation=valid,
         test=test,
-        final_valid=last_valid,
+        final_validation=last_valid,
         best_step=best["step"],
         params=params,
         timing=timing_out,
@@ -722,7 +733,7 @@ def _train(
             {
                 "test/loss": test["loss"],
                 "test/ppl": test["ppl"],
-                "selected/val_loss": valid["loss"],
+                "selected/validation_loss": valid["loss"],
                 "selected/step": float(best["step"]),
             },
         )

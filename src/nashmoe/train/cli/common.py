@@ -14,7 +14,7 @@ from nashmoe._argtypes import (
     positive_int,
     report_error,
 )
-from nashmoe.data import CORPORA, TOKENIZERS
+from nashmoe.data import CORPORA, TOKENIZERS, check_corpus_spec, check_tokenizer_spec
 from nashmoe.models import PRESETS
 from nashmoe.train.config import DTYPES, TrainConfig, parse_model_overrides
 
@@ -37,9 +37,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
     """Data, model, optimiser, evaluation, logging and hardware options."""
     d = defaults
     data = parser.add_argument_group("data")
-    data.add_argument("--corpus", choices=CORPORA, default=d.get("corpus", "shakespeare"))
     data.add_argument(
-        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+        "--corpus",
+        default=d.get("corpus", "shakespeare"),
+        metavar="NAME|PATH",
+        help=f"{' or '.join(CORPORA)}; or your own text: a text file (split 90/5/5), a "
+        "directory with train/validation/test files, or datasets:PATH (local files read with "
+        "the datasets package)",
+    )
+    data.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="KIND|PATH",
+        help=f"{', '.join(TOKENIZERS)}, a tokenizer.json file, or a tokenizer directory "
+        "(AutoTokenizer; local files only). Default: word for brown, char otherwise",
     )
     data.add_argument(
         "--data-dir", default=None, help="data directory (default $NASHMOE_DATA); brown, gpt2"
@@ -166,7 +177,8 @@ def check_extras(
     config: TrainConfig | None = None, *, checkpoints: bool = True, plots: bool = False
 ) -> None:
     """Name a missing optional package before any work starts (not after the corpus and the
-    model are loaded): safetensors for checkpoints, tensorboard for ``--tensorboard on``,
+    model are loaded), and a corpus or tokenizer path that does not exist: safetensors for
+    checkpoints, tensorboard for ``--tensorboard on``,
     tokenizers for BPE / GPT-2 / ``tokenizer.json`` tokenizers, matplotlib for plots.
 
     Raises:
@@ -175,6 +187,10 @@ def check_extras(
     if checkpoints:
         check_installed("safetensors", extra="train", purpose="checkpoints")
     if config is not None:
+        check_corpus_spec(config.corpus)
+        check_tokenizer_spec(config.tokenizer)
+        if config.tokenizer is not None and config.tokenizer not in TOKENIZERS:
+            check_installed("tokenizers", extra="train", purpose=f"--tokenizer {config.tokenizer}")
         if config.tensorboard == "on":
             check_installed(
                 "tensorboard",

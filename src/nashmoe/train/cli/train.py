@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         summary = {
             "run_dir": str(result.run_dir),
-            "valid_ppl": round(result.valid["ppl"], 4),
+            "validation_ppl": round(result.validation["ppl"], 4),
             "test_ppl": round(result.test["ppl"], 4),
             "best_step": result.best_step,
             "params": result.params,
