@@ -80,7 +80,12 @@ def test_split_is_deterministic_and_pinned(brown_texts, need_data):
         "validation",
         "test",
     ]
-    assert (a1["cm05"], a1["cm06"], a1["cr08"], a1["cr09"]) == ("validation", "test", "validation", "test")
+    assert (a1["cm05"], a1["cm06"], a1["cr08"], a1["cr09"]) == (
+        "validation",
+        "test",
+        "validation",
+        "test",
+    )
     # stratification: the counts per genre follow the rule, every genre is in every split
     assert set(genres.values()) == set(BROWN_GENRES)
     for genre, expected in EXPECTED_COUNTS.items():

@@ -132,9 +132,9 @@ def test_cli_resume_without_optimizer_names_the_option(two_checkpoints, capsys):
     run, _ = two_checkpoints
     for step in ("step-00000002", "step-00000004"):
         (run / "checkpoints" / step / OPTIMIZER).unlink()
-    from .conftest import QUICK
+    from .conftest import QUICK_DENSE
 
-    argv = ["train", "--method", "dense", "--out", str(run), "--resume", *QUICK]
+    argv = ["train", "--method", "dense", "--out", str(run), "--resume", *QUICK_DENSE]
     argv[argv.index("--steps") + 1] = "6"
     assert main(argv) == 2
     err = capsys.readouterr().err

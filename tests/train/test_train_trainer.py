@@ -37,7 +37,7 @@ def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corp
     vals = [v for v in cols["validation/loss"] if v is not None]
     assert result.best_step == val_steps[vals.index(min(vals))]
     assert result.validation["loss"] == pytest.approx(min(vals), abs=0)
-    assert result.final_validationation["loss"] == pytest.approx(vals[-1], abs=0)
+    assert result.final_validation["loss"] == pytest.approx(vals[-1], abs=0)
     assert result.best_step < 12, "expected the overfitting run to select an earlier step"
     # test was evaluated once, on the selected weights
     loaded = load_model(run, weights="best")

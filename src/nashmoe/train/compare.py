@@ -234,7 +234,8 @@ def compare(
         model_overrides: model overrides (as :func:`~nashmoe.train.parse_model_overrides`
             returns) applied to each method that uses them (``gamma`` to the propagating methods
             only, ``top_k`` to smoe only); each run's ``config`` records what it used. An
-            override that no method uses is an error. Default: ``base.model`` for every method.
+            override that no method uses is an error. Default: ``base.model``, applied to the
+            methods that use it.
         command: the command line, recorded in the outputs.
         log: where progress messages go.
     """
@@ -244,8 +245,13 @@ def compare(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    overrides = dict(base.model) if model_overrides is None else dict(model_overrides)
-    users = check_options_used(overrides, methods)
+    if model_overrides is None:  # base.model (valid for base.method), where each method uses it
+        overrides = dict(base.model)
+        users = check_options_used(overrides, [*methods, base.method])
+    else:
+        overrides = dict(model_overrides)
+        users = check_options_used(overrides, methods)
+    users = {k: [m for m in ms if m in methods] for k, ms in users.items()}
     out = check_writable_dir(out, option="--out")
     configs = [
         base.replace(

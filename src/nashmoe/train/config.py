@@ -11,12 +11,13 @@ default, as nanoGPT's configurator does but without ``exec``).
 from __future__ import annotations
 
 import ast
+import contextvars
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from nashmoe.data import CORPORA, TOKENIZERS, corpus_label
+from nashmoe.data import CORPORA, TOKENIZERS, check_corpus_spec, corpus_label
 from nashmoe.data._pretrained import is_tokenizer_path
 from nashmoe.models import PRESETS, GPTConfig
 from nashmoe.moe import METHODS, MoEConfig
@@ -61,6 +62,9 @@ _MOE_FIELDS = {
     )
 }
 
+
+# True while TrainConfig.from_dict restores a saved config (its corpus files may be elsewhere).
+_RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("restoring", default=False)
 
 _MOE = tuple(m for m in METHODS if m != "dense")
 _MERGING_WHAT = "the merging methods (smear, camex, ep-camex, namex*)"
@@ -210,12 +214,14 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        # a name, or a path (checked to exist when the corpus is loaded, and by the CLI before
-        # any work, so that a restored config does not need the files)
+        # a name, or a path that exists (not checked for a restored config: generating from a
+        # checkpoint does not need the training files)
         if not isinstance(self.corpus, str) or not self.corpus:
             raise ValueError(
                 f"corpus must be one of {', '.join(CORPORA)} or a path, got {self.corpus!r}"
             )
+        if not _RESTORING.get():
+            check_corpus_spec(self.corpus)
         if self.tokenizer is not None and (
             not isinstance(self.tokenizer, str)
             or (self.tokenizer not in TOKENIZERS and not is_tokenizer_path(self.tokenizer))
@@ -318,7 +324,11 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         if isinstance(d.get("model"), dict) and d.get("method") in METHODS:
             d["model"] = options_for_method(d["model"], d["method"])
-        return cls(**d)
+        token = _RESTORING.set(True)
+        try:
+            return cls(**d)
+        finally:
+            _RESTORING.reset(token)
 
 
 def build_model_config(config: TrainConfig, *, vocab_size: int) -> GPTConfig:
