@@ -1,7 +1,8 @@
 """Optional dependencies, imported lazily with an error that names the extra providing them.
 
 The core needs only torch and numpy; everything else lives in an extra of ``pyproject.toml``
-(``plot``, ``ref``, ``train``, ``tensorboard``, ``vision``) and is imported where it is used.
+(``plot``, ``ref``, ``train``, ``tensorboard``, ``vision``, ``torchjd``) and is imported where it
+is used.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
     "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
     "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
+    "vision": (
+        "nashmoe.vision.cli",
+        "MoE ViT on CIFAR-10: clean and corrupted (CIFAR-10-C) accuracy",
+    ),
 }
 
 

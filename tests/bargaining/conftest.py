@@ -17,3 +17,14 @@ def _one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["small", "general"])
+def solver_path(request, monkeypatch):
+    """Run a test on both CPU code paths of the solver: the small-problem numpy path (the
+    default for N <= 64 on the CPU) and the general torch path (large N, CUDA, torch.compile)."""
+    if request.param == "general":
+        from nashmoe.bargaining import _solver
+
+        monkeypatch.setattr(_solver, "_use_small_path", lambda gram: False)
+    return request.param

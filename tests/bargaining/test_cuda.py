@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nashmoe.bargaining import NashMTL, nash_bargaining
+from nashmoe.bargaining import NashMTL, nash_bargaining, nash_direction
 
 from . import _matrix_samplers as ms
 from ._asserts import gram_of
@@ -55,3 +55,13 @@ def test_nash_mtl_on_cuda() -> None:
     assert out.gradient.device.type == "cuda"
     torch.testing.assert_close(out.weights.cpu(), NashMTL(max_norm=1.0)(g.cpu()).weights)
     agg(g)  # warm start from a CUDA buffer
+
+
+def test_nash_direction_scale_on_cuda() -> None:
+    g = ms.well_conditioned(5, seed=7)
+    ref, d_ref = nash_direction(g)
+    for scale in (1e20, 1e-25):
+        sol, d = nash_direction((g * scale).float().cuda())
+        assert bool(sol.ok.all())
+        torch.testing.assert_close(sol.alpha.double().cpu() * scale, ref.alpha, rtol=1e-4, atol=0)
+        torch.testing.assert_close(d.double().cpu(), d_ref, rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nashmoe.bargaining import NashSolution, NashStatus, nash_bargaining, nash_direction
@@ -25,7 +25,16 @@ from ._asserts import (
 )
 
 SIZES = [2, 3, 5, 8, 17, 32, 64, 128]
-HYPOTHESIS = settings(max_examples=30, deadline=None, derandomize=True, database=None)
+HYPOTHESIS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # solver_path: per test
+)
+
+# Every test runs on both CPU code paths (the small-problem numpy path and the torch path).
+pytestmark = pytest.mark.usefixtures("solver_path")
 
 
 def solve_vectors(g: torch.Tensor, **kwargs) -> tuple[NashSolution, torch.Tensor]:

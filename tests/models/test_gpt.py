@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nashmoe.models import GPT, GPTConfig
-from nashmoe.moe import METHODS
+from nashmoe.moe import METHODS, PROPAGATING_METHODS
 
 
 def tiny(method, **kw):
@@ -140,3 +140,70 @@ def test_presets_and_too_long_input():
         GPTConfig.preset("huge", vocab_size=10)
     with pytest.raises(ValueError, match="exceeds block_size"):
         tiny("dense")(torch.zeros(1, 25, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- activation checkpointing
+@pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _grads(model, batches, checkpointing):
+    """Parameter gradients of the summed loss over ``batches`` (all forwards, then one backward)."""
+    model.zero_grad()
+    if checkpointing is None:
+        model.gradient_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": checkpointing})
+    total = 0
+    for idx in batches:
+        out = model(idx, idx)
+        total = total + out.loss + out.aux_loss
+    total.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", [*PROPAGATING_METHODS, "camex", "smear", "smoe"])
+def test_gradient_checkpointing_gives_the_plain_gradients(method):
+    model = tiny(method, block_size=16, d_model=8, d_ff=16).double()
+    torch.manual_seed(1)
+    # two forward passes before one backward (gradient accumulation, micro-batches)
+    batches = [torch.randint(0, 23, (2, 16)), torch.randint(0, 23, (1, 11))]
+    expected = _grads(model, batches, None)
+    if method in PROPAGATING_METHODS:
+        assert expected["blocks.0.ffn.base_w_in"].abs().sum() > 0
+    for reentrant in (False, True):
+        got = _grads(model, batches, reentrant)
+        assert model.is_gradient_checkpointing
+        assert got.keys() == expected.keys()
+        for name, g in expected.items():
+            err = (got[name] - g).norm() / g.norm().clamp_min(1e-300)
+            assert err <= 1e-8, f"{method} reentrant={reentrant} {name}: {err:.2e}"
+    # evaluation and cached generation are unaffected by the setting
+    model.eval()
+    with torch.no_grad():
+        idx = batches[0][:, :9]
+        logits = model(idx).logits
+        model.gradient_checkpointing_disable()
+        torch.testing.assert_close(model(idx).logits, logits)
+    assert not model.is_gradient_checkpointing
+
+
+def test_last_moe_block_skips_its_propagation_step():
+    model = tiny("namex-full", n_layer=3).double()
+    last = model.moe_layers[-1]
+    assert last.last_in_chain and not model.moe_layers[0].last_in_chain
+    idx = torch.randint(0, 23, (2, 12))
+    out = model(idx)
+    assert out.aux[-1].state is None and not out.aux[-1].solved
+    assert torch.equal(out.aux[-1].alpha, out.aux[-2].alpha)  # the incoming α, for the logs
+    assert out.aux[-2].solved and out.aux[-2].state is not None
+    assert bool((last.alpha_prev == 0).all())  # never solved
+    last.last_in_chain = False  # the skipped step changes nothing upstream of the output
+    torch.testing.assert_close(model(idx).logits, out.logits, rtol=1e-12, atol=1e-12)
+    assert model.moe_layers[-1].last_aux.solved

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
-from nashmoe.moe import MoEConfig, MoEFeedForward, SegmentCache, link_moe_layers
+from nashmoe.moe import MoEConfig, MoEFeedForward, MoEMLP, SegmentCache, link_moe_layers
 from nashmoe.moe.ffn import activation_fn, merged_ffn, mixed_ffn, topk_ffn
 from nashmoe.moe.fused import merge_and_apply
 from nashmoe.moe.layout import ExpertLayout
@@ -341,3 +343,113 @@ def test_cuda_matches_cpu(method):
         out = _forward(layers_cuda, x.cuda())
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in layers_cuda.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------- state device and dtype
+def _two_layers(method="namex-full-mom"):
+    torch.manual_seed(0)
+    cfg = MoEConfig(method=method, d_model=8, d_ff=16, num_experts=4, segment_len=4)
+    return MoEFeedForward(cfg, owns_base=True), MoEFeedForward(cfg, owns_base=False)
+
+
+@pytest.mark.parametrize("method", ["ep-camex", "namex-full-mom"])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_state_follows_the_dtype_of_the_layer_it_enters(method, dtypes):
+    first, second = _two_layers(method)
+    first.to(dtypes[0])
+    second.to(dtypes[1])
+    x = torch.randn(2, 8, 8)
+    _, aux = first(x.to(dtypes[0]), state=None, return_aux=True)
+    out, aux2 = second(x.to(dtypes[1]), state=aux.state, return_aux=True)
+    assert out.dtype == dtypes[1]
+    assert all(t.dtype == dtypes[1] for t in aux2.state.base.values())
+    if aux2.state.momentum_re is not None:
+        assert all(t.dtype == dtypes[1] for t in aux2.state.momentum_re.values())
+    # the same as handing over a converted state by hand, and differentiable back to layer 1
+    converted = replace(aux.state, base={k: v.to(dtypes[1]) for k, v in aux.state.base.items()})
+    if aux.state.momentum_re is not None:
+        converted.momentum_re = {k: v.to(dtypes[1]) for k, v in aux.state.momentum_re.items()}
+        converted.momentum_im = {k: v.to(dtypes[1]) for k, v in aux.state.momentum_im.items()}
+    torch.testing.assert_close(second(x.to(dtypes[1]), state=converted), out)
+    out.sum().backward()
+    assert first.w_in.grad is not None and first.w_in.grad.abs().sum() > 0
+
+
+def test_state_moves_to_the_device_of_the_layer_it_enters():
+    """The code path without a second device: the meta device stands in for it."""
+    first, second = _two_layers("namex-full-mom")
+    second.to("meta")
+    _, aux = first(torch.randn(2, 8, 8), return_aux=True)
+    moved = second._adopt(aux.state)
+    for group in (moved.base, moved.momentum_re, moved.momentum_im):
+        for t in group.values():
+            assert t.device.type == "meta" and t.dtype == torch.float32
+    assert all(t.grad_fn is not None for t in moved.base.values())  # a differentiable move
+    assert moved.alpha.device.type == "meta" and moved.alpha.dtype == aux.state.alpha.dtype
+    assert moved.status.device.type == "meta"
+    assert second._adopt(aux.state) is not aux.state
+    assert first._adopt(aux.state) is aux.state  # nothing to move
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_state_crosses_from_cpu_to_cuda():
+    first, second = _two_layers("namex-full-mom")
+    x = torch.randn(2, 8, 8)
+    _, aux = first(x, return_aux=True)
+    expected = second(x, state=aux.state)
+    second.cuda()
+    out = second(x.cuda(), state=aux.state)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert first.base_w_in.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- structure
+def test_moe_modules_import_no_cycle():
+    """layer -> aux -> state; the chain sits above the layer (TYPE_CHECKING imports aside)."""
+    import ast
+    from pathlib import Path
+
+    import nashmoe.moe as pkg
+
+    root = Path(pkg.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nashmoe.moe."):
+                deps.add(node.module.split(".")[2])
+        graph[path.stem] = deps
+
+    def reaches(start, target, seen=()):
+        return any(d == target or (d not in seen and reaches(d, target, (*seen, d)))
+                   for d in graph.get(start, ()))  # fmt: skip
+
+    assert not [m for m in graph if reaches(m, m)]
+    assert "chain" not in graph["layer"] and "layer" in graph["chain"]
+
+
+def test_moe_mlp_adapter_matches_the_layer():
+    torch.manual_seed(0)
+    layer = MoEFeedForward(MoEConfig(method="smear", d_model=8, d_ff=16, segment_len=4))
+    mlp = MoEMLP(layer)
+    x = torch.randn(2, 6, 8)
+    torch.testing.assert_close(mlp(x, "ignored", also="ignored"), layer(x))
+    torch.testing.assert_close(mlp(x[0]), layer(x[:1])[0])  # [tokens, hidden]: one sequence
+    torch.testing.assert_close(mlp(x[None]), layer(x)[None])
+    with pytest.raises(TypeError, match="MoEFeedForward"):
+        MoEMLP(nn.Linear(2, 2))
+
+
+def test_segment_cache_refuses_non_contiguous_positions():
+    layer = _model("smear", 1)[0].eval()
+    cache = SegmentCache()
+    with torch.no_grad():
+        layer(torch.randn(1, 5, 8), cache=cache, start_pos=0)
+        layer(torch.randn(1, 1, 8), cache=cache, start_pos=5)
+        with pytest.raises(ValueError, match="holds 6 tokens"):
+            layer(torch.randn(1, 1, 8), cache=cache, start_pos=4)

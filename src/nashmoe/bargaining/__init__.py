@@ -5,6 +5,8 @@
 - :class:`NashMTL` aggregates per-task gradients (Navon et al., arXiv 2202.01017).
 - :mod:`nashmoe.bargaining.reference`: the same problem in cvxpy/Clarabel, for cross-checks
   (extra ``ref``; not imported here).
+- :mod:`nashmoe.bargaining.torchjd`: the solver as a TorchJD ``Weighting`` and ``Aggregator``
+  (``NashMTLWeighting``, ``NashMTL``; extra ``torchjd``; not imported here).
 """
 
 from nashmoe.bargaining._nash_mtl import NashMTL, NashMTLOutput

@@ -22,6 +22,15 @@ eigenvalues ≥ 1 and is factorised by Cholesky. This makes the iteration invari
 every player, and the start β = 1 is α₀ = 1/√diag(K), exact for orthogonal players (a few cheap
 fixed-point sweeps from it give a better start when they lower f).
 
+Two implementations of the same iteration: on the CPU, problems with N <= 64 (and batches of
+up to 2^18 Gram entries) run it in numpy (:func:`_solve_small`: single-threaded, about 0.5 µs per
+operation instead of 2–5 µs of torch dispatch, and one LAPACK LU per problem instead of torch's
+batched Cholesky, which opens an OpenMP parallel region even for 8×8 matrices and, on a machine
+shared with other multi-threaded processes, waits up to a scheduler tick for a descheduled worker
+thread). Larger problems, CUDA tensors and calls traced by ``torch.compile`` take the torch path
+(:func:`_solve`; on CUDA without host synchronisation in the loop). Statuses and iteration counts
+agree between the two; α agrees to rounding.
+
 Failure modes are reported, never hidden (:class:`NashStatus`): a zero player is DEGENERATE; a
 problem whose iterates run off to infinity, or that no iterate certifies as feasible within
 ``max_iter`` (certificates: a Newton decrement below 1, or an iterate whose direction improves
@@ -36,6 +45,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +71,14 @@ _QUADRATIC_REGION = 0.25
 _FIXED_POINT_SWEEPS = 4
 # Relative asymmetry of the Gram matrix accepted by input validation.
 _SYMMETRY_RTOL = 1e-4
+# CPU problems up to this many players, and batches up to this many Gram entries, take the small
+# path (:func:`_solve_small`): the same iteration in numpy, single-threaded, with one LAPACK call
+# per problem. Torch's batched LAPACK calls (cholesky_ex, linalg.solve) open an OpenMP parallel
+# region even for 8×8 matrices, which waits for a descheduled worker thread on a busy machine
+# (about 10 ms per call beside two other torch processes), and each tiny torch operation costs
+# 2–5 µs of dispatch against 0.5–2 µs in numpy.
+_SMALL_MAX_N = 64
+_SMALL_MAX_ENTRIES = 1 << 18
 
 
 class NashStatus(enum.IntEnum):
@@ -150,17 +168,20 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
     if gram.numel() == 0:
         return
     g = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
-    # All value checks in one device round trip; the messages are worked out on failure only.
-    scale = torch.maximum(g.amax(dim=(-1, -2)), -g.amin(dim=(-1, -2)))
-    asym = torch.sub(g, g.mT).abs_().amax(dim=(-1, -2))
-    flags = [
-        ~torch.isfinite(scale).all(),  # NaN or inf anywhere makes the max non-finite
-        (asym > _SYMMETRY_RTOL * scale).any(),
-        (g.diagonal(dim1=-2, dim2=-1) < 0).any(),
-    ]
-    if init is not None and init.numel() > 0:
-        flags.append(~(torch.isfinite(init) & (init > 0)).all().to(gram.device))
-    bad = torch.stack(flags).tolist()
+    if _use_small_path(g):
+        bad, asym, scale = _value_checks_small(g, init)
+    else:
+        # All value checks in one device round trip; the messages are worked out on failure only.
+        scale = torch.maximum(g.amax(dim=(-1, -2)), -g.amin(dim=(-1, -2)))
+        asym = torch.sub(g, g.mT).abs_().amax(dim=(-1, -2))
+        flags = [
+            ~torch.isfinite(scale).all(),  # NaN or inf anywhere makes the max non-finite
+            (asym > _SYMMETRY_RTOL * scale).any(),
+            (g.diagonal(dim1=-2, dim2=-1) < 0).any(),
+        ]
+        if init is not None and init.numel() > 0:
+            flags.append(~(torch.isfinite(init) & (init > 0)).all().to(gram.device))
+        bad = torch.stack(flags).tolist()
     if bad[0]:
         raise ValueError("gram contains NaN or inf entries")
     if bad[1]:
@@ -173,6 +194,23 @@ def _validate(gram: Tensor, init: Tensor | None, max_iter: int, tol: float, ridg
         raise ValueError("gram has a negative diagonal entry: it is not a Gram matrix")
     if len(bad) > 3 and bad[3]:
         raise ValueError("init must be finite and strictly positive")
+
+
+def _value_checks_small(g: Tensor, init: Tensor | None) -> tuple[list[bool], Tensor, Tensor]:
+    """The value checks of :func:`_validate` in numpy (small CPU inputs: no torch dispatches)."""
+    a = g.detach().numpy()
+    with np.errstate(invalid="ignore"):
+        scale = np.maximum(a.max((-1, -2)), -a.min((-1, -2)))
+        asym = np.abs(a - a.swapaxes(-1, -2)).max((-1, -2))
+        bad = [
+            not bool(np.isfinite(scale).all()),
+            bool((asym > _SYMMETRY_RTOL * scale).any()),
+            bool((np.diagonal(a, axis1=-2, axis2=-1) < 0).any()),
+        ]
+    if init is not None and init.numel() > 0:
+        i = init.detach().to(device="cpu", dtype=torch.float64).numpy()
+        bad.append(not bool((np.isfinite(i) & (i > 0)).all()))
+    return bad, torch.from_numpy(np.asarray(asym)), torch.from_numpy(np.asarray(scale))
 
 
 def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
@@ -272,7 +310,11 @@ def _solve(
     # unit player vectors). Beyond this cap the margin is below what the precision of K̂, or the
     # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
-    grid = _step_grid(cdtype, device)
+    rel_norm = sqrt_diag / sqrt_diag.amax(1, keepdim=True)  # ‖g_i‖ / max_j ‖g_j‖
+    # (Dynamo warns about lru_cache-wrapped calls: build the grid afresh when tracing.)
+    compiling = torch.compiler.is_compiling()
+    grid = torch.tensor(_STEP_GRID, dtype=cdtype, device=device) if compiling else None
+    grid = _step_grid(cdtype, device) if grid is None else grid
     # Per-problem scalars are kept as [B, 1, 1] so that they broadcast without reshaping.
     iterations = torch.zeros_like(beta[:, :1], dtype=torch.int64)
     # Newton decrement² and max β at the last Newton step, for the feasibility certificate.
@@ -284,8 +326,9 @@ def _solve(
         b_kb = beta * k_beta  # α_i (Kα)_i, = 1 at the solution
         rhs = 1.0 - b_kb  # −β ⊙ ∇f(β), the scaled Newton right-hand side
         # Relative residual in the original coordinates: with w = 1/α = ‖g‖/β,
-        # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖.
-        w = sqrt_diag / beta
+        # ‖Kα − 1/α‖ / ‖1/α‖ = ‖w ⊙ (1 − α ⊙ Kα)‖ / ‖w‖, with w divided by max ‖g_i‖ (the
+        # ratio is unchanged, and squares of huge or tiny norms neither overflow nor vanish).
+        w = rel_norm / beta
         res = (rhs * w).norm(dim=1, keepdim=True) / w.norm(dim=1, keepdim=True)
         beta_now = beta.amax(1, keepdim=True)
         active = (res > tol) & (beta_now <= cap)  # [B, 1, 1]
@@ -396,6 +439,160 @@ def _classify(
     return status, alpha, res
 
 
+def _use_small_path(gram: Tensor) -> bool:
+    """Whether :func:`_solve_small` handles this call (CPU, small, not being traced)."""
+    n = gram.shape[-1]
+    return (
+        gram.device.type == "cpu"
+        and n <= _SMALL_MAX_N
+        and gram.numel() <= _SMALL_MAX_ENTRIES
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _solve_small(
+    gram: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    init: Tensor | None,
+    ridge: float,
+    cdtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_solve` for small problems on the CPU, in numpy (same iteration, same statuses).
+
+    Vectors are ``[B, N]`` and per-problem scalars ``[B]``. The Newton system is solved by
+    LAPACK's LU (``numpy.linalg.solve``: one gesv per problem, single-threaded at these sizes)
+    instead of a Cholesky factorisation; its matrix has eigenvalues >= 1, so both are stable and
+    agree to rounding. Should LAPACK report an exactly singular matrix (only possible with
+    non-finite iterates), the call is redone by :func:`_solve`.
+    """
+    batch_shape = gram.shape[:-2]
+    n = gram.shape[-1]
+    npdt = np.float64 if cdtype == torch.float64 else np.float32
+    finfo = np.finfo(npdt)
+    tiny, eps = float(finfo.tiny), float(finfo.eps)
+    k = gram.reshape(-1, n, n).to(cdtype).numpy()
+    b = k.shape[0]
+    with np.errstate(all="ignore"):
+        k_hat = k + k.transpose(0, 2, 1)
+        diag = np.diagonal(k_hat, axis1=1, axis2=2).copy()  # 2 K_ii
+        dmin, dmax = diag.min(1), diag.max(1)
+        ok = (dmax > tiny) & (dmin > (eps**2) * dmax)
+        safe_diag = np.where(ok[:, None], diag, npdt(2.0))  # [B, N]
+        sqrt_diag = np.sqrt(0.5 * safe_diag)  # ‖g_i‖
+        inv_sqrt = 1.0 / np.sqrt(safe_diag)
+        k_hat *= inv_sqrt[:, :, None]
+        k_hat *= inv_sqrt[:, None, :]
+        ok &= np.isfinite(k_hat.sum((1, 2)))
+        eye = np.eye(n, dtype=npdt)
+        if not ok.all():
+            k_hat[~ok] = eye
+        ridge = max(ridge, n * eps)
+        k_newton = k_hat + ridge * eye
+
+        if init is None:
+            beta = np.ones((b, n), dtype=npdt)
+        else:
+            init_np = init.detach().to(device="cpu", dtype=cdtype).expand(*batch_shape, n)
+            init_np = init_np.reshape(-1, n).numpy()
+            beta = np.where(ok[:, None], init_np * sqrt_diag, npdt(1.0))
+        sweeps = _FIXED_POINT_SWEEPS if n > 2 or init is not None else 0
+        beta = _start_small(k_hat, beta, sweeps=sweeps, tiny=tiny)
+
+        cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(eps))
+        rel_norm = sqrt_diag / sqrt_diag.max(1, keepdims=True) if n else sqrt_diag
+        grid = np.asarray(_STEP_GRID, dtype=npdt)
+        rows = np.arange(b)
+        iterations = np.zeros(b, dtype=np.int64)
+        lam2 = np.full(b, np.inf, dtype=npdt)
+        beta_max = beta.max(1) if n else np.zeros(b, dtype=npdt)
+        it = 0
+        while True:
+            k_beta = np.matmul(k_hat, beta[:, :, None])[:, :, 0]
+            b_kb = beta * k_beta
+            rhs = 1.0 - b_kb
+            w = rel_norm / beta  # as in _solve
+            r = rhs * w
+            res = np.sqrt((r * r).sum(1) / (w * w).sum(1))
+            beta_now = beta.max(1)
+            active = (res > tol) & (beta_now <= cap)
+            if it == max_iter or not active.any():
+                break
+            it += 1
+            beta_max = beta_now
+            m = beta[:, :, None] * beta[:, None, :] * k_newton + eye
+            try:
+                y = np.linalg.solve(m, rhs[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                return _solve(
+                    gram, max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
+                )
+            finite = np.isfinite(y)
+            if not finite.all():  # overflow in a far-off problem: it stays where it is
+                y = np.where(finite, y, 0.0)
+            d = beta * y
+            lam2 = (rhs * y).sum(1)
+            if (lam2 < _QUADRATIC_REGION**2).all():
+                step = active.astype(npdt)
+            else:
+                slope = (b_kb * y).sum(1)
+                curvature = ((rhs - y - ridge * d * beta) * y).sum(1)
+                t_max = np.minimum(y.min(1), -_FRACTION_TO_BOUNDARY / _STEP_GRID[-1])
+                t = np.minimum(grid, (-_FRACTION_TO_BOUNDARY / t_max)[:, None])  # [B, C]
+                delta_f = t * (slope[:, None] + 0.5 * curvature[:, None] * t)
+                delta_f -= np.log1p(y[:, :, None] * t[:, None, :]).sum(1)
+                step = t[rows, delta_f.argmin(1)] * active
+            beta = beta + d * step[:, None]
+            iterations += active
+
+        diverged = ok & (beta_now > cap)
+        converged = ok & ~diverged & (res <= tol)
+        alpha = beta / sqrt_diag
+        status = np.zeros(b, dtype=np.int64)  # NashStatus.OK
+        if not converged.all():
+            slack = np.square(1.0 + (4 * ridge) * beta_max * beta_max)
+            certified = slack * lam2 < _CERTIFIED_DECREMENT**2
+            margin = b_kb - (4 * n * eps) * beta * beta.sum(1, keepdims=True)
+            certified |= margin.min(1) > 0
+            infeasible = ok & ~converged & (diverged | ~certified)
+            status[:] = NashStatus.NOT_CONVERGED
+            status[converged] = NashStatus.OK
+            status[infeasible] = NashStatus.INFEASIBLE
+            status[~ok] = NashStatus.DEGENERATE
+            alpha[infeasible | ~ok] = 1.0 / n
+            if infeasible.any():
+                k_ones = sqrt_diag * np.matmul(k_hat, sqrt_diag[:, :, None])[:, :, 0]
+                res_uniform = np.sqrt(np.square(k_ones / n - n).sum(1)) / (n * math.sqrt(n))
+                res = np.where(infeasible, res_uniform, res)
+            res = np.where(ok, res, np.nan)
+    return (
+        torch.from_numpy(alpha).reshape(*batch_shape, n),
+        torch.from_numpy(np.asarray(res, dtype=npdt)).reshape(batch_shape),
+        torch.from_numpy(iterations).reshape(batch_shape),
+        torch.from_numpy(status).reshape(batch_shape),
+    )
+
+
+def _start_small(k_hat: np.ndarray, beta: np.ndarray, *, sweeps: int, tiny: float) -> np.ndarray:
+    """:func:`_start` in numpy, for :func:`_solve_small` (vectors ``[B, N]``)."""
+    n = beta.shape[1]
+    if sweeps > 0:
+        sweep = beta
+        for _ in range(sweeps):
+            k_sweep = np.matmul(k_hat, sweep[:, :, None])[:, :, 0]
+            sweep = np.where(k_sweep > 0, np.sqrt(sweep / k_sweep), sweep)
+        both = np.stack((beta, sweep), 2)  # [B, N, 2]
+        quad = (both * np.matmul(k_hat, both)).sum(1)  # [B, 2]
+        score = (0.5 * n) * np.log(np.maximum(quad, tiny)) - np.log(both).sum(1)
+        better = score[:, 1] < score[:, 0]  # NaN (overflow) compares False
+        beta = np.where(better[:, None], sweep, beta)
+        quad = np.where(better, quad[:, 1], quad[:, 0])
+    else:
+        quad = (beta * np.matmul(k_hat, beta[:, :, None])[:, :, 0]).sum(1)
+    return beta * np.sqrt(n / np.maximum(quad, tiny))[:, None]
+
+
 def matvec(a: Tensor, v: Tensor) -> Tensor:
     """Batched matrix-vector product ``[..., N, N] × [..., N] -> [..., N]``."""
     return (a @ v[..., None])[..., 0]
@@ -418,6 +615,12 @@ class _ImplicitNash(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_alpha: Tensor):  # type: ignore[override]
         gram, alpha, ok = ctx.saved_tensors
+        if not torch.is_grad_enabled() and _use_small_path(gram):
+            # Small CPU problems: the same solve in numpy (see _solve_small); with create_graph
+            # the torch ops below are used, so that double backward stays possible.
+            g = _implicit_grad_small(gram, alpha, ok, grad_alpha)
+            if g is not None:
+                return g, None, None
         k = gram.double()
         k = 0.5 * (k + k.mT)
         a = alpha.double()[..., :, None]  # [..., N, 1]
@@ -428,6 +631,26 @@ class _ImplicitNash(torch.autograd.Function):
         g = -(w * a.mT)
         g = 0.5 * (g + g.mT)
         return g.to(gram.dtype), None, None
+
+
+def _implicit_grad_small(
+    gram: Tensor, alpha: Tensor, ok: Tensor, grad_alpha: Tensor
+) -> Tensor | None:
+    """:meth:`_ImplicitNash.backward` in numpy (LU instead of Cholesky; None if singular)."""
+    k = gram.detach().double().numpy()
+    k = 0.5 * (k + k.swapaxes(-1, -2))
+    a = alpha.detach().double().numpy()[..., :, None]  # [..., N, 1]
+    m = np.eye(k.shape[-1]) + k * (a * a.swapaxes(-1, -2))
+    rhs = a * grad_alpha.detach().double().numpy()[..., :, None]
+    with np.errstate(all="ignore"):
+        try:
+            w = a * np.linalg.solve(m, rhs)
+        except np.linalg.LinAlgError:
+            return None
+        w = np.where(ok.numpy()[..., None, None], np.nan_to_num(w), 0.0)
+        g = -(w * a.swapaxes(-1, -2))
+        g = 0.5 * (g + g.swapaxes(-1, -2))
+    return torch.from_numpy(g).to(gram.dtype)
 
 
 def nash_bargaining(
@@ -490,8 +713,9 @@ def nash_bargaining(
     out_dtype = gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float32
     if cdtype == torch.float32:
         tol = max(tol, 50 * torch.finfo(torch.float32).eps)
+    solve = _solve_small if _use_small_path(gram) else _solve
     with torch.no_grad():
-        alpha, residual, iterations, status = _solve(
+        alpha, residual, iterations, status = solve(
             gram.detach(), max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
         )
     if alpha.dtype != out_dtype:
@@ -508,15 +732,48 @@ def nash_direction(vectors: Tensor, **kwargs) -> tuple[NashSolution, Tensor]:
     :func:`nash_bargaining` (keyword arguments are forwarded) and returns
     ``(solution, direction)`` with ``direction = Σ_i α_i g_i`` of shape ``[..., P]``. With
     ``differentiable=True`` the direction is differentiable through α as well as through G.
+
+    Scale: each problem's vectors are first divided by a power of two s close to their largest
+    entry (exact in floating point), so that the Gram matrix neither overflows nor underflows
+    whatever the scale of G; α is mapped back (α = α̂/s for a solved problem) and the direction
+    Σ α̂_i (g_i/s) = Σ α_i g_i keeps its norm √N. A zero player is still ``DEGENERATE``, and
+    degenerate or infeasible problems keep uniform weights 1/N (their residual is that of 1/N on
+    the unscaled problem, in float64, capped at the largest finite number of the output dtype).
     """
     if not isinstance(vectors, Tensor) or not vectors.is_floating_point():
         raise ValueError("vectors must be a floating-point tensor of shape [..., N, P]")
     if vectors.ndim < 2:
         raise ValueError(f"vectors must have shape [..., N, P], got {tuple(vectors.shape)}")
     work = vectors if vectors.dtype == torch.float64 else vectors.float()
-    gram = work @ work.mT
+    # s = 2^e with max |g| = m 2^e, m in [0.5, 1) (s = 1 for zero or non-finite problems, which
+    # the solver reports as they are).
+    with torch.no_grad():
+        if work.shape[-1] * work.shape[-2] == 0:
+            scale = work.new_ones((*work.shape[:-2], 1, 1))
+        else:
+            largest = work.detach().abs().amax(dim=(-1, -2), keepdim=True)
+            exponent = torch.frexp(largest).exponent
+            exponent = torch.where(torch.isfinite(largest), exponent, 0)
+            scale = torch.ldexp(torch.ones_like(largest), exponent)  # [..., 1, 1]
+    unit = work / scale
+    gram = unit @ unit.mT
     if not kwargs.get("differentiable", False):
         gram = gram.detach()
     solution = nash_bargaining(gram, **kwargs)
-    direction = torch.einsum("...n,...np->...p", solution.alpha.to(work.dtype), work)
+    n = vectors.shape[-2]
+    failed = (solution.status == NashStatus.DEGENERATE) | (solution.status == NashStatus.INFEASIBLE)
+    s = scale[..., 0].to(solution.alpha.dtype)  # [..., 1]
+    alpha = torch.where(failed[..., None], 1.0 / n, solution.alpha / s)
+    weights = torch.where(failed[..., None], s / n, solution.alpha)  # multiply g_i / s
+    direction = torch.einsum("...n,...np->...p", weights.to(work.dtype), unit)
+    residual = solution.residual
+    with torch.no_grad():
+        # The residual of the uniform weights 1/N on K = s² K̂: ‖s² K̂1/N − N‖ / (N√N).
+        k_ones = gram.detach().double().sum(-1) * scale[..., 0].double().square()
+        res = (k_ones / n - n).norm(dim=-1) / (n * math.sqrt(n))
+        res = res.clamp(max=torch.finfo(residual.dtype).max).to(residual.dtype)
+        residual = torch.where(solution.status == NashStatus.INFEASIBLE, res, residual)
+    solution = NashSolution(
+        alpha=alpha, residual=residual, iterations=solution.iterations, status=solution.status
+    )
     return solution, direction.to(vectors.dtype)

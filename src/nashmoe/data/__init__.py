@@ -11,6 +11,8 @@
 - :func:`get_batch` draws reproducible random blocks for training (DDP aware);
   :func:`iter_eval_batches` covers a split exactly once for exact perplexity.
 - :func:`download_data` fetches a data file from its public source into the data directory.
+- Images: :mod:`nashmoe.data.cifar` decodes CIFAR-10 (shared by :mod:`nashmoe.defer` and
+  :mod:`nashmoe.vision`; import it from there, it is not re-exported here).
 """
 
 from nashmoe.data._batching import IGNORE_INDEX, get_batch, iter_eval_batches, num_eval_blocks

@@ -1,7 +1,7 @@
 """Loaders for the learning-to-defer data: CIFAR-10, CIFAR-10N and the hate-speech tweets.
 
-- CIFAR-10 (Krizhevsky 2009) is stored as JPEGs inside an ``.npz`` (``jpeg``, ``offsets``, ``y``,
-  ``classes``); :func:`load_cifar10` decodes it once with Pillow and caches the uint8 array.
+- CIFAR-10 (Krizhevsky 2009): :func:`load_cifar10` lives in :mod:`nashmoe.data.cifar` (shared with
+  :mod:`nashmoe.vision`) and is re-exported here.
 - CIFAR-10N (Wei et al., "Learning with Noisy Labels Revisited", ICLR 2022) gives three independent
   human labels per CIFAR-10 train image (``random_label1..3``), aligned with the train order.
 - Hate speech (Davidson et al., ICWSM 2017): tweets with per-class annotator vote counts.
@@ -14,15 +14,14 @@ inside the repository.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from nashmoe._optional import require
 from nashmoe._paths import data_file
+from nashmoe.data.cifar import CACHE_ENV_VAR as CACHE_ENV_VAR  # re-exported
+from nashmoe.data.cifar import CifarData, default_cache_dir, load_cifar10
 
 __all__ = [
     "CIFAR10N_EXPERT_KEYS",
@@ -36,100 +35,9 @@ __all__ = [
     "stratified_split",
 ]
 
-CACHE_ENV_VAR = "NASHMOE_CACHE"
 CIFAR10N_EXPERT_KEYS = ("random_label1", "random_label2", "random_label3")
 CIFAR10N_KEYS = ("clean_label", "aggre_label", "worse_label", *CIFAR10N_EXPERT_KEYS)
 HATESPEECH_CLASSES = ("hate_speech", "offensive_language", "neither")
-
-
-def default_cache_dir() -> Path:
-    """``$NASHMOE_CACHE`` if set, else ``$XDG_CACHE_HOME/nashmoe`` (``~/.cache/nashmoe``)."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "nashmoe"
-
-
-@dataclass(frozen=True)
-class CifarData:
-    """Decoded CIFAR-10 images.
-
-    Attributes:
-        images: uint8 [N, 32, 32, 3] (HWC, RGB).
-        labels: int64 [N].
-        classes: the 10 class names, airplane … truck.
-        indices: int64 [N], positions of these images in the source file.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    classes: tuple[str, ...]
-    indices: np.ndarray
-
-
-def _decode_jpegs(jpeg: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    Image = require("PIL.Image", extra="vision", purpose="decoding CIFAR-10", package="Pillow")
-    out = np.empty((len(indices), 32, 32, 3), dtype=np.uint8)
-    for row, i in enumerate(indices):
-        blob = jpeg[offsets[i] : offsets[i + 1]].tobytes()
-        with Image.open(io.BytesIO(blob)) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        if arr.shape != (32, 32, 3):
-            raise ValueError(f"CIFAR-10 image {i} has shape {arr.shape}, expected (32, 32, 3)")
-        out[row] = arr
-    return out
-
-
-def load_cifar10(
-    split: str = "train",
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    limit: int | None = None,
-) -> CifarData:
-    """Decode ``cifar10/{split}.npz`` into a uint8 array.
-
-    Args:
-        split: ``"train"`` (50,000 images, original CIFAR-10 order) or ``"test"`` (10,000, sorted
-            by class in this copy: shuffle before splitting).
-        data_dir: the data folder (else ``$NASHMOE_DATA``).
-        cache_dir: where the decoded array is cached (else :func:`default_cache_dir`).
-        use_cache: read / write the cache; a full decode takes ~10-20 s.
-        limit: decode only the first ``limit`` images (never cached), e.g. for tests.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
-    path = data_file(f"cifar10/{split}.npz", data_dir)
-    with np.load(path) as npz:
-        labels = npz["y"].astype(np.int64)
-        classes = tuple(str(c) for c in npz["classes"])
-        n = len(labels)
-        n_use = n if limit is None else min(limit, n)
-        indices = np.arange(n_use, dtype=np.int64)
-        cache = None
-        if use_cache and limit is None:
-            stat = path.stat()
-            root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-            cache = root / f"cifar10-{split}-{n}-{stat.st_size}.npy"
-            if cache.exists():
-                images = np.load(cache)
-                if images.shape == (n, 32, 32, 3) and images.dtype == np.uint8:
-                    return CifarData(images, labels, classes, indices)
-        offsets = npz["offsets"]
-        if len(offsets) != n + 1:
-            raise ValueError(f"{path}: {len(offsets)} offsets for {n} labels (want N + 1)")
-        images = _decode_jpegs(npz["jpeg"], offsets, indices)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, images)
-        tmp.replace(cache)
-    return CifarData(images, labels[:n_use], classes, indices)
 
 
 def load_cifar10n_labels(

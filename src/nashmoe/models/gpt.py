@@ -4,7 +4,11 @@ In the spirit of nanoGPT (Karpathy): pre-norm blocks, causal attention through
 ``scaled_dot_product_attention``, learned absolute positions, optionally tied embeddings. Every
 ``moe_every``-th block's FFN is a :class:`~nashmoe.moe.MoEFeedForward` of the chosen method (the
 others are dense), and the propagation state of EP-CAMEx / NAMEx is threaded through the blocks
-explicitly: the first MoE block owns the base expert E_m^{(1)}.
+explicitly: the first MoE block owns the base expert E_m^{(1)}, and the last one skips its
+propagation step (nothing uses it). ``gradient_checkpointing_enable()`` (the transformers name)
+recomputes every block in the backward pass; the state then travels through a
+:class:`~nashmoe.moe.PropagationChain`, which keeps gradients exact with reentrant and
+non-reentrant ``torch.utils.checkpoint``.
 
 Presets (``GPTConfig.preset``): ``tiny`` (the CPU demo), ``small`` and ``medium`` (the MomentumSMoE
 WikiText-103 shapes, arXiv 2410.14574: 3 layers / d 128 / 8 heads / 16 experts top-2 / block 256,
@@ -14,14 +18,23 @@ and 6 layers / d 352 / 8 heads / 16 experts top-2 / block 512), with the chosen 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from nashmoe.moe import METHODS, MoEAux, MoEConfig, MoEFeedForward, SegmentCache
+from nashmoe.moe import (
+    METHODS,
+    MoEAux,
+    MoEConfig,
+    MoEFeedForward,
+    PropagationChain,
+    SegmentCache,
+    link_moe_layers,
+)
 from nashmoe.moe.state import PropagationState
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "GPTOutput"]
@@ -226,6 +239,12 @@ class Block(nn.Module):
         )
         return x + self.dropout(y), aux
 
+    def checkpointed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The block for ``torch.utils.checkpoint``: the state comes from the model's chain;
+        tensors only out (the aux loss too, so that reentrant checkpointing differentiates it)."""
+        x, aux = self(x, None)
+        return x, aux.loss
+
 
 class GPT(nn.Module):
     """Decoder-only language model with MoE feed-forward blocks (see the module docstring)."""
@@ -245,6 +264,10 @@ class GPT(nn.Module):
         self._init_weights()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        if self.moe_layers:  # nothing uses the last MoE layer's propagation step
+            self.moe_layers[-1].last_in_chain = True
+        self._checkpoint_kwargs: dict[str, Any] | None = None
+        self._chain: PropagationChain | None = None
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -279,6 +302,31 @@ class GPT(nn.Module):
             active -= (n - used) * per_expert
         return {"total": total, "active": active}
 
+    # ------------------------------------------------------------------ activation checkpointing
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Recompute every block in the backward pass (training with grad enabled only).
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``, as in
+        transformers; the default is ``{"use_reentrant": False}``. Gradients are the same as
+        without checkpointing for every method, reentrant or not: the propagation state then
+        travels through a :class:`~nashmoe.moe.PropagationChain` linked to this model.
+        """
+        self._checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        if self._chain is None and self.moe_layers:
+            self._chain = link_moe_layers(self)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._checkpoint_kwargs = None
+        if self._chain is not None:
+            self._chain.unlink()
+            self._chain = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._checkpoint_kwargs is not None
+
     def forward(
         self,
         idx: Tensor,
@@ -296,9 +344,19 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         state: PropagationState | None = None
         auxes: list[MoEAux] = []
+        checkpointing = (
+            self._checkpoint_kwargs is not None
+            and self.training
+            and torch.is_grad_enabled()
+            and cache is None
+        )
         for i, block in enumerate(self.blocks):
-            x, aux = block(x, state, None if cache is None else cache[i], start_pos)
-            state = aux.state
+            if checkpointing:
+                x, aux_loss = checkpoint(block.checkpointed, x, **self._checkpoint_kwargs)
+                aux = replace(block.ffn.last_aux, loss=aux_loss)
+            else:
+                x, aux = block(x, state, None if cache is None else cache[i], start_pos)
+                state = aux.state
             if block.ffn.config.method != "dense":
                 auxes.append(aux)
         logits = self.lm_head(self.ln_f(x))

@@ -11,8 +11,10 @@ Papers:
 - Router z-loss: Zoph et al., "ST-MoE", arXiv 2202.08906.
 """
 
+from nashmoe.moe.adapter import MoEMLP
 from nashmoe.moe.analysis import capture_moe_inputs, expert_output_similarity
-from nashmoe.moe.aux import MoEAux, collect_aux, router_z_loss, switch_balance_loss
+from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
+from nashmoe.moe.chain import PropagationChain, collect_aux, link_moe_layers
 from nashmoe.moe.config import (
     MERGING_METHODS,
     METHODS,
@@ -24,7 +26,7 @@ from nashmoe.moe.config import (
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.layer import MoEFeedForward, SegmentCache
 from nashmoe.moe.layout import ExpertLayout
-from nashmoe.moe.state import PropagationChain, PropagationState, link_moe_layers
+from nashmoe.moe.state import PropagationState
 
 __all__ = [
     "MERGING_METHODS",
@@ -37,6 +39,7 @@ __all__ = [
     "MoEAux",
     "MoEConfig",
     "MoEFeedForward",
+    "MoEMLP",
     "PropagationChain",
     "PropagationState",
     "SegmentCache",

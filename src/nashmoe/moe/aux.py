@@ -11,7 +11,7 @@ Losses (named as their papers name them):
   ``logsumexp(logits)²``.
 
 Each layer overwrites (never appends) its ``last_aux`` on every forward, so activation
-checkpointing cannot double count; :func:`collect_aux` gathers them across a model.
+checkpointing cannot double count; :func:`nashmoe.moe.collect_aux` gathers them across a model.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from nashmoe.moe.state import PropagationState
 
-__all__ = ["MoEAux", "collect_aux", "router_z_loss", "switch_balance_loss"]
+__all__ = ["MoEAux", "router_z_loss", "switch_balance_loss"]
 
 
 @dataclass
@@ -44,7 +44,8 @@ class MoEAux:
         not_converged: 1 if this layer's solve hit ``nash_max_iter`` without converging.
         eta: the merge step η of this layer (CAMEx family), else None.
         state: the propagation state for the next MoE layer (None for non-propagating methods
-            unless a state was passed through).
+            unless a state was passed through, and after the last propagating layer, which
+            skips its step).
     """
 
     loss: Tensor
@@ -84,15 +85,3 @@ def router_z_loss(logits: Tensor) -> Tensor:
     """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
     return torch.logsumexp(logits, dim=-1).square().mean()
-
-
-def collect_aux(model: nn.Module) -> list[MoEAux]:
-    """The ``last_aux`` of every MoE layer of ``model`` (registration order) from its last
-    forward pass."""
-    from nashmoe.moe.layer import MoEFeedForward
-
-    return [
-        m.last_aux
-        for m in model.modules()
-        if isinstance(m, MoEFeedForward) and m.last_aux is not None
-    ]

@@ -18,7 +18,8 @@ with τ_i = E_i − E_m. α depends on parameters only, so one solve per layer s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,10 @@ from nashmoe.moe.ffn import activation_fn, dense_ffn, merged_ffn, mixed_ffn, top
 from nashmoe.moe.fused import merge_and_apply
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_segments
-from nashmoe.moe.state import PropagationChain, PropagationState
+from nashmoe.moe.state import PropagationState
+
+if TYPE_CHECKING:  # the chain module sits above the layer and imports it
+    from nashmoe.moe.chain import PropagationChain
 
 __all__ = ["MoEFeedForward", "SegmentCache"]
 
@@ -56,12 +60,14 @@ class SegmentCache:
     """Per-layer state for incremental decoding with segment routing (spec section 4).
 
     Holds the running sum of the current segment's inputs and the merged expert of the current
-    segment; when a segment completes, the next one is routed by its mean.
+    segment; when a segment completes, the next one is routed by its mean. ``length`` counts the
+    tokens seen, so a call at any other position than the next one fails loudly.
     """
 
     segment_sum: Tensor | None = None  # [B, d]
     weights: dict[str, Tensor] | None = None  # merged expert of the current segment, [B, ...]
     scores: Tensor | None = None  # [B, N]
+    length: int = 0
 
 
 class MoEFeedForward(nn.Module):
@@ -73,10 +79,17 @@ class MoEFeedForward(nn.Module):
             chain and owns E_m^{(1)}; later layers receive the base through the propagation state.
             Ignored by the other methods (CAMEx owns a base in every layer).
 
+    Attribute ``last_in_chain`` (default False): the layer is the last propagating layer of its
+    model, so nothing uses its propagation step; it then skips the step and its Nash solve
+    (``aux.state`` is None; ``aux.alpha`` is the incoming α). :func:`link_moe_layers` and
+    :class:`~nashmoe.models.GPT` set it. The incoming state is moved to the device and dtype of
+    the layer's parameters (a differentiable move; α keeps its dtype).
+
     Call: ``out = layer(x)`` with ``x [B, S, d]``; ``out, aux = layer(x, return_aux=True)``.
     Keyword arguments: ``state`` (the :class:`PropagationState` from the previous MoE layer),
     ``attention_mask [B, S]`` (``unit="sequence"``), ``cache`` and ``start_pos`` (incremental
-    decoding). Every forward also overwrites :attr:`last_aux`.
+    decoding). Every forward also overwrites :attr:`last_aux` (except a recomputation by
+    activation checkpointing, which reproduces it).
     """
 
     def __init__(self, config: MoEConfig | None = None, *, owns_base: bool = True, **kwargs):
@@ -117,7 +130,11 @@ class MoEFeedForward(nn.Module):
             # Warm start of the solver across steps (0 = none yet).
             self.register_buffer("alpha_prev", torch.zeros(n, dtype=torch.float64))
         self.last_aux: MoEAux | None = None
+        self.last_in_chain = False
         self._chain: PropagationChain | None = None
+        self._chain_index = 0  # position in the chain
+        # (α, residual, status) of the last solve, reused when checkpointing recomputes the layer
+        self._solve_record: tuple[Tensor, Tensor | None, Tensor | None] | None = None
         self._inference_cache = InferenceCache()
         self.reset_parameters()
 
@@ -184,8 +201,13 @@ class MoEFeedForward(nn.Module):
             )
         if attention_mask is not None and not (cfg.is_merging and cfg.unit == "sequence"):
             raise ValueError("attention_mask is only used with unit='sequence'")
-        if state is None and self._chain is not None:
-            state = self._chain.state
+        chain = self._chain
+        recompute = _in_backward()  # activation checkpointing re-running this forward
+        if chain is not None:
+            if state is None:
+                state = chain.incoming(self, recompute)
+            if cache is None and start_pos == 0:
+                cache, start_pos = chain.segment_cache(self)
         if cfg.method == "dense":
             out = dense_ffn(x, self.expert_tensors(), self.act)
             zero = x.new_zeros((), dtype=torch.float32)
@@ -194,14 +216,15 @@ class MoEFeedForward(nn.Module):
             out, aux = self._forward_topk(x)
             aux.state = state
         else:
-            part = self._parameter_part(state)
+            part = self._parameter_part(state, reuse_solve=recompute)
             if cache is not None:
                 out, aux = self._forward_cached(x, part, cache, start_pos)
             else:
                 out, aux = self._forward_merged(x, part, attention_mask)
-        if self._chain is not None:
-            self._chain.state = aux.state
-        self.last_aux = aux
+        if not recompute:
+            if chain is not None:
+                chain.outgoing(self, aux.state)
+            self.last_aux = aux
         return (out, aux) if return_aux else out
 
     # ------------------------------------------------------------------ routing
@@ -316,7 +339,9 @@ class MoEFeedForward(nn.Module):
             aux.not_converged = (part.status == NashStatus.NOT_CONVERGED).to(torch.int64)
 
     # ------------------------------------------------------------------ parameter part
-    def _parameter_part(self, incoming: PropagationState | None) -> _ParameterPart:
+    def _parameter_part(
+        self, incoming: PropagationState | None, reuse_solve: bool = False
+    ) -> _ParameterPart:
         cfg = self.config
         if cfg.propagates:
             if self.owns_base:
@@ -328,13 +353,16 @@ class MoEFeedForward(nn.Module):
                     "previous MoE layer, or link the model's layers with "
                     "nashmoe.moe.link_moe_layers(model)"
                 )
+            if incoming is not None:
+                incoming = self._adopt(incoming)
         use_cache = not self.training and not torch.is_grad_enabled()
         if not use_cache:
-            return self._compute_parameter_part(incoming)
+            return self._compute_parameter_part(incoming, reuse_solve)
         key = (
             parameter_key(self, exclude_buffers=("alpha_prev",)),
             None if incoming is None else incoming.key,
             torch.is_autocast_enabled(),
+            self.last_in_chain,
         )
         part = self._inference_cache.get(key)
         if part is None:
@@ -344,7 +372,33 @@ class MoEFeedForward(nn.Module):
             self._inference_cache.put(key, part)
         return part
 
-    def _compute_parameter_part(self, incoming: PropagationState | None) -> _ParameterPart:
+    def _adopt(self, state: PropagationState) -> PropagationState:
+        """The state on this layer's parameter device and dtype (differentiable moves)."""
+        ref = next(iter(self.expert_tensors().values()))
+        device, dtype = ref.device, ref.dtype
+        first = next(iter(state.base.values()))
+        if first.device == device and first.dtype == dtype:
+            return state
+
+        def move(d: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+            return None if d is None else {k: v.to(device, dtype) for k, v in d.items()}
+
+        def to_device(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            state,
+            base=move(state.base),
+            momentum_re=move(state.momentum_re),
+            momentum_im=move(state.momentum_im),
+            alpha=to_device(state.alpha),
+            status=to_device(state.status),
+            residual=to_device(state.residual),
+        )
+
+    def _compute_parameter_part(
+        self, incoming: PropagationState | None, reuse_solve: bool = False
+    ) -> _ParameterPart:
         cfg = self.config
         experts = self.expert_tensors()  # {name: [N, *shape]}
         if not cfg.is_curved:  # smear
@@ -362,6 +416,10 @@ class MoEFeedForward(nn.Module):
         part = _ParameterPart(base=base, vectors=curved, next_state=incoming)
         if not cfg.propagates:
             return part
+        if self.last_in_chain:  # nothing uses the next base: skip the step and the solve
+            part.next_state = None
+            part.alpha = None if incoming is None else incoming.alpha
+            return part
         if cfg.method == "ep-camex":
             step = {name: d.mean(dim=0) for name, d in curved.items()}
             part.next_state = PropagationState(
@@ -370,8 +428,17 @@ class MoEFeedForward(nn.Module):
             return part
         players = tau if cfg.bargain_on == "tau" else curved
         solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
-        if solve:
+        if (
+            solve
+            and reuse_solve
+            and self._solve_record is not None
+            and not cfg.differentiable_alpha
+        ):
+            part.alpha, part.residual, part.status = self._solve_record  # recomputation: same α
+            part.solved = True
+        elif solve:
             self._bargain(players, part)
+            self._solve_record = (part.alpha.detach(), part.residual, part.status)
         elif incoming is None or incoming.alpha is None:
             raise ValueError("no Nash weights to reuse: the previous MoE layer did not pass α")
         else:
@@ -459,6 +526,7 @@ class MoEFeedForward(nn.Module):
         if start_pos == 0:
             out, aux = self._forward_merged(x, part, None)
             _b, s, _ = x.shape
+            cache.length = s
             last = num_segments(s, t) - 1
             cache.segment_sum = x[:, last * t :].sum(dim=1)
             _, scores = self._unit_scores(x, None)
@@ -466,7 +534,17 @@ class MoEFeedForward(nn.Module):
             cache.weights = self._merge(part, self._coefficients(cache.scores, out.dtype))
             return out, aux
         if cache.segment_sum is None:
-            raise ValueError("empty decoding cache: start with start_pos=0 (the prompt)")
+            raise ValueError(
+                "empty decoding cache: start with start_pos=0 (the prompt; in a model linked "
+                "with link_moe_layers, run the prompt with use_cache=True)"
+            )
+        if start_pos != cache.length:
+            raise ValueError(
+                f"the decoding cache holds {cache.length} tokens but the new tokens start at "
+                f"position {start_pos}: segment routing decodes contiguously from a prompt at "
+                "position 0 (rewinding or reordering the cache is not supported)"
+            )
+        cache.length += x.shape[1]
         outs = []
         for i in range(x.shape[1]):  # new tokens, usually one
             pos = start_pos + i
@@ -493,6 +571,15 @@ class MoEFeedForward(nn.Module):
         if cfg.propagates:
             parts.append(f"owns_base={self.owns_base}")
         return ", ".join(parts)
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread: activation checkpointing
+    (reentrant or not) recomputes a layer's forward there."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    if task is None or torch.compiler.is_compiling():
+        return False
+    return task() != -1
 
 
 def _at_least_float32(x: Tensor) -> Tensor:

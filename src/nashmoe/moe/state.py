@@ -8,18 +8,20 @@ Two ways to thread the state:
 
 - explicitly (our models): ``out, aux = layer(x, state=state, return_aux=True); state = aux.state``;
 - implicitly, for third-party models whose blocks cannot pass extra arguments (Hugging Face):
-  :func:`link_moe_layers` attaches one :class:`PropagationChain` to every MoE layer of a model; the
-  first layer starts the chain and each layer hands the state to the next through it; a forward
-  pre-hook on the model clears it at the start of every forward pass.
+  :func:`nashmoe.moe.link_moe_layers` (in :mod:`nashmoe.moe.chain`, above the layer) attaches one
+  :class:`~nashmoe.moe.PropagationChain` to every MoE layer of a model.
+
+This module only defines the state (no import of the layer), so the layer, :mod:`.aux` and
+:mod:`.chain` import it without a cycle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["PropagationChain", "PropagationState", "link_moe_layers"]
+__all__ = ["PropagationState"]
 
 
 @dataclass
@@ -46,63 +48,3 @@ class PropagationState:
     residual: Tensor | None = None
     layer: int = 0
     key: tuple = field(default=(), repr=False)
-
-
-class PropagationChain:
-    """Carries the propagation state between the MoE layers of one model during a forward pass.
-
-    Create it with :func:`link_moe_layers`. Not compatible with activation checkpointing (a
-    recomputed layer would read the state of a later layer); thread the state explicitly there.
-    """
-
-    def __init__(self) -> None:
-        self.state: PropagationState | None = None
-        self.layers: list[nn.Module] = []
-        self._handle = None
-
-    def reset(self) -> None:
-        self.state = None
-
-    def unlink(self) -> None:
-        """Detach the chain from its layers and remove the model's pre-hook."""
-        for layer in self.layers:
-            if getattr(layer, "_chain", None) is self:
-                layer._chain = None
-        self.layers = []
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-
-def link_moe_layers(model: nn.Module) -> PropagationChain:
-    """Thread the propagation state through every :class:`~nashmoe.moe.MoEFeedForward` of
-    ``model`` without changing how its blocks are called.
-
-    The layers are taken in module-registration order, which must be the order in which the
-    forward pass calls them. The first propagating layer must own the base expert
-    (``owns_base=True``) and the others must not.
-
-    Returns:
-        The :class:`PropagationChain`; call ``chain.unlink()`` to undo.
-    """
-    from nashmoe.moe.layer import MoEFeedForward  # local import: layer imports this module
-
-    layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
-    if not layers:
-        raise ValueError("the model has no MoEFeedForward layer to link")
-    propagating = [m for m in layers if m.config.propagates]
-    if propagating:
-        owners = [i for i, m in enumerate(propagating) if m.owns_base]
-        if owners != [0]:
-            raise ValueError(
-                "the first propagating MoE layer (in registration order) must own the base "
-                f"expert and no other may; owners found at positions {owners}"
-            )
-    chain = PropagationChain()
-    for layer in layers:
-        if getattr(layer, "_chain", None) is not None:
-            raise ValueError("a layer of this model is already linked to a chain; unlink it first")
-        layer._chain = chain
-    chain.layers = layers
-    chain._handle = model.register_forward_pre_hook(lambda module, args: chain.reset())
-    return chain
