@@ -454,7 +454,8 @@ def plot_tradeoff(
     markers = "osD^v<>P*X"
     size = (4 * len(tasks), 3.6 * len(disparities))
     fig, axes = plt.subplots(len(disparities), len(tasks), figsize=size, squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    from nashmoe.palette import color as method_color
+
     for j, task in enumerate(tasks):
         for i, disp in enumerate(disparities):
             ax = axes[i][j]
@@ -469,7 +470,7 @@ def plot_tradeoff(
                     xerr=xs,
                     yerr=ys,
                     fmt=markers[k % len(markers)],
-                    color=cmap(k % 10),
+                    color=method_color(method),
                     label=method,
                     capsize=2,
                     markerfacecolor="none" if not method.startswith("nash-") else None,
@@ -482,7 +483,9 @@ def plot_tradeoff(
     ncol = min(len(methods), 4)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
     rows_of_legend = -(-len(methods) // ncol)
-    fig.suptitle("test metrics at the validation-selected epoch, mean ± std over seeds")
+    fig.suptitle(
+        "test metrics at the validation-selected epoch, mean ± sample std (ddof = 1) over seeds"
+    )
     fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -328,7 +328,7 @@ def compare(
     wall = time.perf_counter() - t0
     files: dict[str, str] = {}
     if plots and finished:
-        files.update(_write_plots(finished, summary, methods, out))
+        files.update(_write_plots(finished, summary, methods, out, paired))
     info = {
         "command": command,
         "methods": methods,
@@ -376,9 +376,19 @@ def compare(
 
 
 def _write_plots(
-    records: list[dict[str, Any]], summary: list[dict[str, Any]], methods: list[str], out: Path
+    records: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    methods: list[str],
+    out: Path,
+    paired: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
-    from nashmoe.train.plots import plot_alpha, plot_loss_curves, plot_similarity
+    from nashmoe.train.plots import (
+        plot_alpha,
+        plot_efficiency,
+        plot_loss_curves,
+        plot_paired,
+        plot_similarity,
+    )
 
     metrics: dict[str, list] = {m: [] for m in methods}
     similarity: dict[str, list] = {m: [] for m in methods}
@@ -393,6 +403,13 @@ def _write_plots(
     alpha = plot_alpha(first, out / "alpha.png")
     if alpha is not None:
         files["alpha.png"] = str(alpha)
+    if paired:
+        pp = plot_paired(paired, out / "paired.png")
+        if pp is not None:
+            files["paired.png"] = str(pp)
+    eff = plot_efficiency(summary, out / "efficiency.png")
+    if eff is not None:
+        files["efficiency.png"] = str(eff)
     sim = plot_similarity(similarity, out / "similarity.png")
     if sim is not None:
         files["similarity.png"] = str(sim)
