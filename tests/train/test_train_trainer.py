@@ -166,3 +166,30 @@ def test_base_gradient_norm_logged_where_there_is_a_base(tmp_path, small_corpus,
     if method == "namex":  # α solved at the first MoE layer only, reused by the second
         assert result.nash["solves"] == 2
         assert cols["alpha/l0/e0"] == cols["alpha/l1/e0"]
+
+
+def test_the_trainer_is_a_loop_of_named_steps(tmp_path, small_corpus):
+    """``Trainer.fit`` runs setup, train_step, evaluate, log, save_checkpoint and finish; a
+    subclass can override a step, and the numbers equal those of ``train``."""
+    from nashmoe.train import Trainer
+
+    calls: list[tuple[str, int]] = []
+
+    class Recording(Trainer):
+        def evaluate(self, done):
+            calls.append(("evaluate", done))
+            return {**super().evaluate(done), "custom/metric": float(done)}
+
+        def save_checkpoint(self, done):
+            calls.append(("save_checkpoint", done))
+            super().save_checkpoint(done)
+
+    config = tiny_config(tmp_path / "a", steps=4, eval_interval=2, ckpt_interval=2)
+    result = Recording(config, corpus=small_corpus).fit()
+    assert calls == [("evaluate", 2), ("save_checkpoint", 2), ("evaluate", 4),
+                     ("save_checkpoint", 4)]  # fmt: skip
+    cols = read_metrics(tmp_path / "a" / "metrics.csv")
+    assert [v for v in cols["custom/metric"] if v is not None] == [2.0, 4.0]
+    plain = train(tiny_config(tmp_path / "b", steps=4, eval_interval=2, ckpt_interval=2),
+                  corpus=small_corpus)  # fmt: skip
+    assert plain.test == result.test and plain.validation == result.validation
