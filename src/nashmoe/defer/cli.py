@@ -46,7 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="human (CIFAR-10N annotators), synthetic (CIFAR-10) or annotators (hate speech "
         "votes); default: the one the dataset has",
     )
-    parser.add_argument("--loss", nargs="+", choices=LOSS_NAMES, default=list(LOSS_NAMES))
+    parser.add_argument(
+        "--loss",
+        "--losses",
+        dest="loss",
+        nargs="+",
+        choices=LOSS_NAMES,
+        default=list(LOSS_NAMES),
+        help="losses to train (space-separated)",
+    )
     add_seeds_argument(parser, default=1)
     parser.add_argument(
         "--num-experts",
@@ -121,7 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decoded-image / feature cache (else $NASHMOE_CACHE or ~/.cache/nashmoe)",
     )
     parser.add_argument("--out", default=None, help="folder for results.json")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no per-epoch lines"
+    )
 
 
 def _sample_std(vals) -> float:

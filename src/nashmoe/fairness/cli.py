@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument(
-        "--quiet", action="store_true", help="no per-epoch lines (validation metrics only)"
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no per-epoch lines (which show validation metrics only)",
     )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
