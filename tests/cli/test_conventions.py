@@ -209,3 +209,13 @@ def test_options_the_method_does_not_use_are_errors_before_any_work(
 ):
     assert main([*argv, "--out", str(tmp_path / "o"), *QUICK]) == 2
     assert message in _one_line_error(capsys, argv[0])
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_usage_errors_are_one_line_with_status_2(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--no-such-option"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nashmoe {command}: error: unrecognized arguments: --no-such-option")
+    assert len(err.strip().splitlines()) == 1, err
