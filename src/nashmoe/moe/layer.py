@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nashmoe.bargaining import NashStatus, nash_bargaining
+from nashmoe.bargaining import NashSolution, NashStatus, nash_bargaining
 from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
 from nashmoe.moe.cache import InferenceCache, parameter_key
 from nashmoe.moe.config import MoEConfig
@@ -217,7 +217,9 @@ class MoEFeedForward(nn.Module):
             aux.state = state
         else:
             part = self._parameter_part(state, reuse_solve=recompute)
-            if cache is not None:
+            if x.shape[0] == 0 or x.shape[1] == 0:  # no routing unit: nothing to merge
+                out, aux = self._forward_empty(x, part)
+            elif cache is not None:
                 out, aux = self._forward_cached(x, part, cache, start_pos)
             else:
                 out, aux = self._forward_merged(x, part, attention_mask)
@@ -275,7 +277,9 @@ class MoEFeedForward(nn.Module):
     # ------------------------------------------------------------------ merging
     def _coefficients(self, scores: Tensor, dtype: torch.dtype) -> Tensor:
         if self.config.is_curved:
-            return (self.eta.to(torch.float32) * scores).to(dtype)
+            # η in its own (the parameters') dtype: a float32 cast would cost ~1e-7 in float64.
+            wide = torch.promote_types(self.eta.dtype, scores.dtype)
+            return (self.eta.to(wide) * scores.to(wide)).to(dtype)
         return scores.to(dtype)
 
     def _merge(self, part: _ParameterPart, coeff: Tensor) -> dict[str, Tensor]:
@@ -324,6 +328,17 @@ class MoEFeedForward(nn.Module):
         self._fill_aux(aux, part)
         return out, aux
 
+    def _forward_empty(self, x: Tensor, part: _ParameterPart) -> tuple[Tensor, MoEAux]:
+        """Batch 0 or length 0: an empty output, zero losses, and the propagation state (it
+        depends on parameters only, so the next layer still gets its base expert)."""
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        zero = x.new_zeros((), dtype=torch.float32)
+        none = x.new_zeros(self.config.num_experts, dtype=torch.float32)
+        aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero, load=none, importance=none.clone())
+        self._fill_aux(aux, part)
+        return x.new_zeros(x.shape, dtype=dtype), aux
+
     def _fill_aux(self, aux: MoEAux, part: _ParameterPart) -> None:
         aux.state = part.next_state
         aux.alpha = part.alpha
@@ -332,11 +347,10 @@ class MoEFeedForward(nn.Module):
             aux.solved = True
             aux.residual = part.residual
             aux.status = part.status
-            fallback = (part.status == NashStatus.DEGENERATE) | (
-                part.status == NashStatus.INFEASIBLE
-            )
+            # Compare with int codes, not the IntEnum (dynamo cannot compare a tensor with it).
+            fallback = (part.status == _DEGENERATE) | (part.status == _INFEASIBLE)
             aux.fallbacks = fallback.to(torch.int64)
-            aux.not_converged = (part.status == NashStatus.NOT_CONVERGED).to(torch.int64)
+            aux.not_converged = (part.status == _NOT_CONVERGED).to(torch.int64)
 
     # ------------------------------------------------------------------ parameter part
     def _parameter_part(
@@ -355,7 +369,11 @@ class MoEFeedForward(nn.Module):
                 )
             if incoming is not None:
                 incoming = self._adopt(incoming)
-        use_cache = not self.training and not torch.is_grad_enabled()
+        use_cache = (
+            not self.training
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # the key reads version counters
+        )
         if not use_cache:
             return self._compute_parameter_part(incoming, reuse_solve)
         key = (
@@ -494,18 +512,15 @@ class MoEFeedForward(nn.Module):
         with torch.no_grad():
             default = gram.diagonal().detach().double().clamp_min(1e-300).rsqrt()
             init = torch.where(self.alpha_prev > 0, self.alpha_prev, default)
-        solution = nash_bargaining(
+        solution = _solve_nash(
             gram,
             max_iter=cfg.nash_max_iter,
             tol=cfg.nash_tol,
             init=init,
             differentiable=cfg.differentiable_alpha,
-            validate=False,
         )
         with torch.no_grad():
-            usable = (solution.status == NashStatus.OK) | (
-                solution.status == NashStatus.NOT_CONVERGED
-            )
+            usable = (solution.status == _OK) | (solution.status == _NOT_CONVERGED)
             self.alpha_prev.copy_(torch.where(usable, solution.alpha.double(), self.alpha_prev))
         part.alpha = solution.alpha
         part.residual = solution.residual
@@ -571,6 +586,59 @@ class MoEFeedForward(nn.Module):
         if cfg.propagates:
             parts.append(f"owns_base={self.owns_base}")
         return ", ".join(parts)
+
+
+_OK = int(NashStatus.OK)
+_NOT_CONVERGED = int(NashStatus.NOT_CONVERGED)
+_DEGENERATE = int(NashStatus.DEGENERATE)
+_INFEASIBLE = int(NashStatus.INFEASIBLE)
+
+
+@torch.library.custom_op("nashmoe::nash_solve", mutates_args=())
+def _nash_solve_op(
+    gram: Tensor, init: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    sol = nash_bargaining(gram, max_iter=max_iter, tol=tol, init=init, validate=False)
+    # Fresh outputs (a custom op may not return views of its inputs).
+    return sol.alpha.clone(), sol.residual.clone(), sol.iterations.clone(), sol.status.clone()
+
+
+@_nash_solve_op.register_fake
+def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
+    dtype = gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float32
+    batch = gram.shape[:-1]
+    return (
+        gram.new_empty(batch, dtype=dtype),
+        gram.new_empty(batch[:-1], dtype=dtype),
+        gram.new_empty(batch[:-1], dtype=torch.int64),
+        gram.new_empty(batch[:-1], dtype=torch.int64),
+    )
+
+
+@torch.compiler.disable
+def _solve_nash_differentiable(gram: Tensor, **kwargs) -> NashSolution:
+    return nash_bargaining(gram, validate=False, differentiable=True, **kwargs)
+
+
+def _solve_nash(
+    gram: Tensor, *, max_iter: int, tol: float, init: Tensor, differentiable: bool
+) -> NashSolution:
+    """The Nash solve of a layer, traceable by ``torch.compile``.
+
+    Its Newton loop stops early on the CPU (a data-dependent branch) and runs a fixed number of
+    masked iterations on CUDA (no host synchronisation); either way it is a tiny ``[N, N]``
+    problem, so compiling it gains nothing. Under ``torch.compile`` it is called as an opaque
+    custom op (``nashmoe::nash_solve``), so the layer still compiles to one graph
+    (``fullgraph=True``). With ``differentiable_alpha`` (implicit differentiation) the solve
+    stays outside the graph instead: a deliberate ``torch.compiler.disable`` boundary, i.e. one
+    graph break.
+    """
+    if differentiable and gram.requires_grad:
+        return _solve_nash_differentiable(gram, max_iter=max_iter, tol=tol, init=init)
+    if not torch.compiler.is_compiling():
+        return nash_bargaining(gram, max_iter=max_iter, tol=tol, init=init, validate=False)
+    alpha, residual, iterations, status = _nash_solve_op(gram.detach(), init, max_iter, tol)
+    return NashSolution(alpha=alpha, residual=residual, iterations=iterations, status=status)
 
 
 def _in_backward() -> bool:
