@@ -104,3 +104,15 @@ def test_compare_plots(tmp_path):
         plot_loss_curves(metrics, rows, tmp_path / "loss.png"),
     ):
         assert path.read_bytes()[:8] == PNG
+
+
+def test_records_and_metrics_of_older_runs_are_still_read(tmp_path):
+    """Runs written when the split was named "valid" (record.json, metrics.csv)."""
+    pytest.importorskip("matplotlib")
+    from nashmoe.train.plots import plot_loss_curves
+
+    old = [{**r, "valid": r.pop("validation")} for r in _runs({"smoe": [10.0, 10.5, 9.8]})]
+    rows = summarize(old, ["smoe"])
+    assert rows[0]["validation_ppl"][0] == pytest.approx((10.0 + 10.5 + 9.8) / 3)
+    metrics = {"smoe": [{"step": [1, 2], "train/loss": [3.0, 2.9], "val/loss": [None, 2.8]}]}
+    assert plot_loss_curves(metrics, rows, tmp_path / "l.png").read_bytes()[:8] == PNG
