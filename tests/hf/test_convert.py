@@ -239,3 +239,16 @@ def test_errors_name_the_problem() -> None:
         hf.convert(llama, "namex")
     with pytest.raises(ValueError, match="PreTrainedModel"):
         hf.convert(torch.nn.Linear(2, 2), "smoe")
+
+
+def test_qwen2_moe_dense_layers_stay_dense() -> None:
+    model = family_model("qwen2_moe", mlp_only_layers=[0])
+    x = tokens()
+    with torch.no_grad():
+        ref = model(x).logits
+    hf.convert(model, "namex", segment_len=4)
+    assert type(model.model.layers[0].mlp).__name__ == "Qwen2MoeMLP"
+    assert len(hf.moe_layers(model)) == 1
+    smoe = hf.convert(family_model("qwen2_moe", mlp_only_layers=[0]), "smoe")
+    with torch.no_grad():
+        assert _rel(smoe(x).logits, ref) < 1e-5
