@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json is not None and args.json.is_dir():
+        print(f"nashmoe data: error: --json {args.json} is a directory", file=sys.stderr)
+        return 2
     try:
         corpus = load_corpus(
             args.corpus,
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             min_freq=args.min_freq,
             bpe_vocab_size=args.bpe_vocab_size,
         )
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:
         print(f"nashmoe data: error: {e}", file=sys.stderr)
         return 2
     info = corpus.info
@@ -50,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         cells.append(f"{100 * info['oov_rate'][s]:.2f}%")
         print("".join(f"{c:>12}" for c in cells))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(info, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(info, indent=2) + "\n")
+        except OSError as e:
+            print(f"nashmoe data: error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0

@@ -184,15 +184,20 @@ def run(args: argparse.Namespace) -> int:
     experts = args.experts or EXPERTS_FOR[args.dataset]
     if experts != EXPERTS_FOR[args.dataset]:
         print(
-            f"error: --dataset {args.dataset} has {EXPERTS_FOR[args.dataset]} experts, "
+            f"nashmoe defer: error: --dataset {args.dataset} has {EXPERTS_FOR[args.dataset]} "
+            "experts, "
             f"not {experts}",
             file=sys.stderr,
         )
         return 2
     try:
         cfg = _defaults(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.out:  # checked before any work, not after training
+            from nashmoe.train.rundir import check_writable_dir
+
+            check_writable_dir(args.out, option="--out")
+    except (ValueError, OSError) as err:
+        print(f"nashmoe defer: error: {err}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads()
     if args.threads:
@@ -213,8 +218,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     for seed in args.seeds:
         try:
             data = _load(args, cfg["model"], seed)
-        except (FileNotFoundError, ImportError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (OSError, ValueError, ImportError) as err:
+            print(f"nashmoe defer: error: {err}", file=sys.stderr)
             return 2
         summary = data.info["test"]
         log(

@@ -24,12 +24,15 @@ __all__ = ["add_arguments", "run"]
 
 def _int_list(text: str) -> list[int]:
     out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,2,3") from None
     return out
 
 
@@ -105,23 +108,42 @@ def run(args: argparse.Namespace) -> int:
     from nashmoe.fairness.benchmark import TABLE_METRICS, run_benchmark, write_report
     from nashmoe.fairness.datasets import DATASETS, load_fair_dataset
     from nashmoe.fairness.trainer import config_for, train_fair
+    from nashmoe.train.distributed import resolve_device
+    from nashmoe.train.rundir import check_writable_dir
 
+    # environment errors before any work (one line, exit status 2)
+    try:
+        resolve_device(args.device)
+        if args.benchmark:
+            seeds = _int_list(args.seeds)
+            if not seeds:
+                raise ValueError(f"--seeds {args.seeds!r} names no seed")
+        out = args.out or ("runs/fair-bench" if args.benchmark else None)
+        if out is not None:
+            check_writable_dir(out, option="--out")
+    except (ValueError, OSError) as exc:
+        print(f"nashmoe fair: error: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.benchmark:
-        out = Path(args.out or "runs/fair-bench")
-        results = run_benchmark(
-            out_dir=out,
-            tasks=[t for t in args.tasks.split(",") if t],
-            methods=[m for m in args.methods.split(",") if m],
-            seeds=_int_list(args.seeds),
-            data_dir=args.data_dir,
-            overrides=_overrides(args),
-            meta_per_cell=args.meta_per_cell,
-            jobs=args.jobs,
-            threads=args.threads or 1,
-            resume=not args.no_resume,
-        )
+        out = Path(out)
+        try:
+            results = run_benchmark(
+                out_dir=out,
+                tasks=[t for t in args.tasks.split(",") if t],
+                methods=[m for m in args.methods.split(",") if m],
+                seeds=seeds,
+                data_dir=args.data_dir,
+                overrides=_overrides(args),
+                meta_per_cell=args.meta_per_cell,
+                jobs=args.jobs,
+                threads=args.threads or 1,
+                resume=not args.no_resume,
+            )
+        except (ValueError, OSError, ImportError) as exc:
+            print(f"nashmoe fair: error: {exc}", file=sys.stderr)
+            return 2
         write_report(results, out, plot=not args.no_plot)
         print((out / "table.md").read_text())
         plot = "" if args.no_plot else f", {out / 'tradeoff.png'}"

@@ -149,7 +149,7 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
     record_path = run_dir / "record.json"
     if resume and record_path.is_file():
         record = read_json(record_path)
-        if record.get("config") == config.to_dict():
+        if isinstance(record, dict) and record.get("config") == config.to_dict():
             record["reused"] = True
             return record
     if config.threads is not None:
@@ -219,7 +219,7 @@ def compare(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    out = check_writable_dir(out, option="--out")
+    out = Path(out)
     configs = [
         base.replace(
             method=m,
@@ -231,6 +231,12 @@ def compare(
         for s in seeds
         for m in methods
     ]
+    if resume and not out.is_file() and not any(is_existing_run(c.out_dir) for c in configs):
+        raise RunDirError(
+            f"--resume: nothing to resume in {out} (none of the runs is under {out / 'runs'}); "
+            "start without --resume"
+        )
+    out = check_writable_dir(out, option="--out")
     if not resume and not overwrite:
         existing = [c.out_dir for c in configs if is_existing_run(c.out_dir)]
         if existing:

@@ -148,5 +148,10 @@ def check_output_file(path: str | os.PathLike[str], *, option: str) -> None:
 
 def report_error(command: str, err: BaseException) -> int:
     """Print a user error as one line on stderr; the exit code (2)."""
-    print(f"nashmoe {command}: error: {err}", file=sys.stderr)
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror:  # not "[Errno 28] ..."
+        text = err.strerror
+        if err.filename is not None and os.fspath(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    print(f"nashmoe {command}: error: {text}", file=sys.stderr)
     return 2

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 
 from nashmoe.moe import METHODS
+from nashmoe.train.checkpoint import CheckpointWarning
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
@@ -86,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args.device)
         # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
-            resume_checkpoint(
-                config,
-                world_size=world,
-                required=True,
-                allow_missing_optimizer=args.allow_missing_optimizer,
-            )
+            with warnings.catch_warnings():  # train() checks again and warns then (once)
+                warnings.simplefilter("ignore", CheckpointWarning)
+                resume_checkpoint(
+                    config,
+                    world_size=world,
+                    required=True,
+                    allow_missing_optimizer=args.allow_missing_optimizer,
+                )
         elif not args.overwrite and is_existing_run(config.out_dir):
             raise RunDirError(
                 f"--out {config.out_dir} already holds a run; pass --resume to continue it or "
