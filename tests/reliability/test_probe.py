@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from nashmoe._warnings import NashmoeWarning
 from nashmoe.bargaining import nash_direction
 from nashmoe.cli import main
+from nashmoe.train import CSVLogger, compare, load_checkpoint, read_metrics
 from nashmoe.train import checkpoint as ckpt_mod
-from nashmoe.train import load_checkpoint
+from nashmoe.train._process import hostname
 from nashmoe.train.checkpoint import (
     FORMAT_KEY,
     MANIFEST,
@@ -26,8 +30,9 @@ from nashmoe.train.checkpoint import (
     save_checkpoint,
 )
 from nashmoe.train.distributed import resolve_device
+from nashmoe.train.rundir import LOCK
 
-from .conftest import QUICK
+from .conftest import QUICK, tiny_config
 from .test_run_dirs import _dead_pid
 
 
@@ -166,3 +171,49 @@ def test_format_key_is_written(tmp_path):
     save_checkpoint(tmp_path, 1, model_state={"w": torch.ones(2)}, optimizer_state=None, state={})
     state = json.loads((tmp_path / "step-00000001" / STATE).read_text())
     assert state[FORMAT_KEY] == 1 and ckpt_mod.verify_checkpoint(tmp_path / "step-00000001") == []
+
+
+def test_a_second_compare_on_the_same_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": hostname()}))
+        argv = ["compare", "--methods", "dense", "--out", str(out), "--no-plots", *QUICK]
+        for extra in ([], ["--overwrite"]):
+            assert main([*argv, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"nashmoe compare: error: {out} is in use by process ")
+            assert str(sleeper.pid) in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (out / "runs").exists()
+
+
+def test_compare_resume_with_a_damaged_record_resumes_the_run(tmp_path, small_corpus):
+    import importlib
+
+    compare_mod = importlib.import_module("nashmoe.train.compare")
+    base = tiny_config(tmp_path / "unused", steps=2, eval_batch_size=256)
+    out = tmp_path / "cmp"
+    kw = dict(methods=["dense"], seeds=[0], out=out, plots=False, log=lambda m: None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare_mod, "_corpus_for", lambda config: small_corpus)
+        first = compare(base, **kw)
+        (out / "runs" / "dense-s0" / "record.json").write_text("{")
+        with pytest.warns(CheckpointWarning, match=r"record\.json is not valid JSON"):
+            again = compare(base, resume=True, **kw)
+    assert not again.runs[0].get("reused")
+    assert again.runs[0]["test"] == first.runs[0]["test"]
+    assert not (out / LOCK).exists()
+
+
+def test_a_damaged_metrics_log_is_kept_aside_on_resume(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"\xff\xfe garbage")
+    with pytest.warns(NashmoeWarning, match=r"metrics\.csv is damaged .* kept as .*\.damaged"):
+        log = CSVLogger(path, resume_step=10)
+    log.log(11, {"loss": 1.0})
+    assert read_metrics(path)["step"] == [11.0]
+    assert (tmp_path / "metrics.csv.damaged").read_bytes() == b"\xff\xfe garbage"

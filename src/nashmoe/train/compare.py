@@ -13,7 +13,8 @@ processes (one thread each by default); step times are then measured under conte
 A run that diverges (a non-finite loss or gradient, :class:`~nashmoe.train.TrainingDiverged`)
 is recorded as diverged (step and reason) and left out of the table; the other runs go on, and
 ``results.json`` / ``results.md`` list the diverged ones. An ``out`` that already holds runs needs
-``resume`` (reuse and continue them) or ``overwrite`` (replace them).
+``resume`` (reuse and continue them) or ``overwrite`` (replace them); ``out/run.lock`` keeps a
+second comparison out of the same ``out`` while one runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -33,12 +35,17 @@ import torch
 from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
-from nashmoe.train.checkpoint import read_json, write_json_atomic
+from nashmoe.train.checkpoint import (
+    CheckpointError,
+    CheckpointWarning,
+    read_json,
+    write_json_atomic,
+)
 from nashmoe.train.config import TrainConfig
 from nashmoe.train.divergence import TrainingDiverged
 from nashmoe.train.loggers import read_metrics
 from nashmoe.train.report import format_table, summarize, verdict
-from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
+from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, git_state, train
 
 __all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
@@ -148,7 +155,11 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
     run_dir = Path(config.out_dir)
     record_path = run_dir / "record.json"
     if resume and record_path.is_file():
-        record = read_json(record_path)
+        try:
+            record = read_json(record_path)
+        except CheckpointError as e:  # the run is resumed from its checkpoint instead
+            warnings.warn(f"{e}; the run is resumed instead", CheckpointWarning, stacklevel=2)
+            record = None
         if isinstance(record, dict) and record.get("config") == config.to_dict():
             record["reused"] = True
             return record
@@ -237,107 +248,110 @@ def compare(
             "start without --resume"
         )
     out = check_writable_dir(out, option="--out")
-    if not resume and not overwrite:
-        existing = [c.out_dir for c in configs if is_existing_run(c.out_dir)]
-        if existing:
-            raise RunDirError(
-                f"{out} already holds run(s) {', '.join(Path(e).name for e in existing)}; pass "
-                "--resume to reuse and continue them or --overwrite to replace them"
-            )
-    t0 = time.perf_counter()
-    git = git_state()  # the code the runs start with (later commits do not change them)
-    if jobs == 1:
-        _corpus_for(configs[0])  # load (and report a missing file) before the first run
-    records: list[dict[str, Any]] = []
+    with RunLock(out):  # one comparison per --out at a time (results.json, --overwrite)
+        if not resume and not overwrite:
+            existing = [c.out_dir for c in configs if is_existing_run(c.out_dir)]
+            if existing:
+                raise RunDirError(
+                    f"{out} already holds run(s) {', '.join(Path(e).name for e in existing)}; pass "
+                    "--resume to reuse and continue them or --overwrite to replace them"
+                )
+        t0 = time.perf_counter()
+        git = git_state()  # the code the runs start with (later commits do not change them)
+        if jobs == 1:
+            _corpus_for(configs[0])  # load (and report a missing file) before the first run
+        records: list[dict[str, Any]] = []
 
-    def done(rec: dict[str, Any]) -> None:
-        records.append(rec)
-        tag = " (reused)" if rec.get("reused") else ""
-        if rec.get("diverged"):
+        def done(rec: dict[str, Any]) -> None:
+            records.append(rec)
+            tag = " (reused)" if rec.get("reused") else ""
+            if rec.get("diverged"):
+                log(
+                    f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
+                    f"DIVERGED: {rec['diverged']['message']}{tag}"
+                )
+                return
             log(
-                f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: DIVERGED: "
-                f"{rec['diverged']['message']}{tag}"
+                f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
+                f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
+                f"{rec['timing']['tokens_per_s']:.0f} tok/s{tag}"
             )
-            return
-        log(
-            f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
-            f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
-            f"{rec['timing']['tokens_per_s']:.0f} tok/s{tag}"
-        )
 
-    if jobs == 1:
-        for cfg in configs:
-            done(_run_one(cfg.to_dict(), resume, overwrite))
-    else:
-        import multiprocessing as mp
+        if jobs == 1:
+            for cfg in configs:
+                done(_run_one(cfg.to_dict(), resume, overwrite))
+        else:
+            import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, cfg.to_dict(), resume, overwrite) for cfg in configs]
-            for fut in as_completed(futures):
-                done(fut.result())
-    order = {(c.method, c.seed): i for i, c in enumerate(configs)}
-    records.sort(key=lambda r: order[(r["method"], r["seed"])])
-    finished = [r for r in records if not r.get("diverged")]
-    diverged = [
-        {"method": r["method"], "seed": r["seed"], "run_dir": r["run_dir"], **r["diverged"]}
-        for r in records
-        if r.get("diverged")
-    ]
-    summary = summarize(finished, methods)
-    table = format_table(summary)
-    text = verdict(summary) if finished else "No run finished: every run diverged."
-    if diverged:
-        text += (
-            " Diverged (left out of the table): "
-            + "; ".join(
-                f"{d['method']} seed {d['seed']} at step {d['step']} (non-finite {d['what']})"
-                for d in diverged
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [
+                    pool.submit(_run_one, cfg.to_dict(), resume, overwrite) for cfg in configs
+                ]
+                for fut in as_completed(futures):
+                    done(fut.result())
+        order = {(c.method, c.seed): i for i, c in enumerate(configs)}
+        records.sort(key=lambda r: order[(r["method"], r["seed"])])
+        finished = [r for r in records if not r.get("diverged")]
+        diverged = [
+            {"method": r["method"], "seed": r["seed"], "run_dir": r["run_dir"], **r["diverged"]}
+            for r in records
+            if r.get("diverged")
+        ]
+        summary = summarize(finished, methods)
+        table = format_table(summary)
+        text = verdict(summary) if finished else "No run finished: every run diverged."
+        if diverged:
+            text += (
+                " Diverged (left out of the table): "
+                + "; ".join(
+                    f"{d['method']} seed {d['seed']} at step {d['step']} (non-finite {d['what']})"
+                    for d in diverged
+                )
+                + "."
             )
-            + "."
+        wall = time.perf_counter() - t0
+        files: dict[str, str] = {}
+        if plots and finished:
+            files.update(_write_plots(finished, summary, methods, out))
+        info = {
+            "command": command,
+            "methods": methods,
+            "seeds": seeds,
+            "settings": {
+                k: v
+                for k, v in base.to_dict().items()
+                if k not in ("method", "seed", "name", "out_dir", "progress")
+            },
+            "git": git,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+            "jobs": jobs,
+            "wall_time_s": wall,
+        }
+        write_json_atomic(
+            out / "results.json",
+            {
+                **info,
+                "summary": summary,
+                "verdict": text,
+                "diverged": diverged,
+                "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
+                "files": files,
+            },
         )
-    wall = time.perf_counter() - t0
-    files: dict[str, str] = {}
-    if plots and finished:
-        files.update(_write_plots(finished, summary, methods, out))
-    info = {
-        "command": command,
-        "methods": methods,
-        "seeds": seeds,
-        "settings": {
-            k: v
-            for k, v in base.to_dict().items()
-            if k not in ("method", "seed", "name", "out_dir", "progress")
-        },
-        "git": git,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "jobs": jobs,
-        "wall_time_s": wall,
-    }
-    write_json_atomic(
-        out / "results.json",
-        {
-            **info,
-            "summary": summary,
-            "verdict": text,
-            "diverged": diverged,
-            "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
-            "files": files,
-        },
-    )
-    _write_markdown(out / "results.md", info, table, text, files)
-    files["results.json"] = str(out / "results.json")
-    files["results.md"] = str(out / "results.md")
-    return CompareResult(
-        runs=records,
-        summary=summary,
-        table=table,
-        verdict=text,
-        out=out,
-        files=files,
-        diverged=diverged,
-    )
+        _write_markdown(out / "results.md", info, table, text, files)
+        files["results.json"] = str(out / "results.json")
+        files["results.md"] = str(out / "results.md")
+        return CompareResult(
+            runs=records,
+            summary=summary,
+            table=table,
+            verdict=text,
+            out=out,
+            files=files,
+            diverged=diverged,
+        )
 
 
 def _write_plots(
