@@ -217,3 +217,10 @@ def test_a_damaged_metrics_log_is_kept_aside_on_resume(tmp_path):
     log.log(11, {"loss": 1.0})
     assert read_metrics(path)["step"] == [11.0]
     assert (tmp_path / "metrics.csv.damaged").read_bytes() == b"\xff\xfe garbage"
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_an_empty_out_is_an_error(command, capsys):
+    extra = ["--no-plots"] if command == "compare" else ["--overwrite"]
+    assert main([command, "--out", "", *extra, *QUICK]) == 2
+    assert capsys.readouterr().err.startswith(f"nashmoe {command}: error: --out is empty")

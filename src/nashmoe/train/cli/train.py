@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             distributed=args.distributed,
             threads=auto_threads(args.threads),
         )
+        if args.out is not None and not args.out.strip():
+            raise ValueError("--out is empty (a run directory is needed)")
         if args.resume and args.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         if args.allow_missing_optimizer and not args.resume:
