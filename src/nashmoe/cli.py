@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from nashmoe._argtypes import HelpFormatter
 from nashmoe._version import __version__
 from nashmoe._warnings import NashmoeWarning
 
@@ -60,13 +61,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown subcommand {name!r} (choose from {', '.join(sorted(SUBCOMMANDS))})")
     module_name, help_ = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
+    parser = argparse.ArgumentParser(
+        prog=f"nashmoe {name}",
+        description=(module.__doc__ or help_).strip(),
+        formatter_class=HelpFormatter,
+    )
+    parser.error = _one_line_error(parser)  # type: ignore[method-assign]
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     with warnings.catch_warnings():
         warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
         warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
         return int(module.run(args) or 0)
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    """``parser.error`` that prints the same one line as every other user error,
+    ``nashmoe <cmd>: error: ...``, and exits with status 2 (argparse would print the usage
+    first; ``--help`` shows it)."""
+
+    def error(message: str):
+        text = " ".join(message.split())
+        parser.exit(2, f"{parser.prog}: error: {text} (see {parser.prog} --help)\n")
+
+    return error
 
 
 def _one_line_warnings(command: str, default):

@@ -119,7 +119,17 @@ def test_property_paths_agree(n: int, p: int, b: int, seed: int, shift: float, l
     u = torch.randn(p, generator=gen, dtype=torch.float64)
     g = g + shift * g.norm(dim=-1, keepdim=True) * u / u.norm()
     scales = 10.0 ** (log_scale * torch.rand(b, n, 1, generator=gen, dtype=torch.float64))
-    _assert_same(gram_of(g * scales))
+    gram = gram_of(g * scales)
+    # Player norms spread over up to 16 decades: iterates can differ by rounding, and once seen
+    # (under load, in a full-suite run) the number of iterations to tol differed (5 vs 13) for
+    # one problem. What must agree here is the outcome: statuses, and solutions to tolerance.
+    (a_s, r_s, _, s_s), (a_g, r_g, _, s_g) = _both(gram)
+    assert s_s.tolist() == s_g.tolist()
+    ok = s_s == NashStatus.OK
+    if bool(ok.any()):
+        assert float(r_s[ok].max()) <= 1e-6 and float(r_g[ok].max()) <= 1e-6
+        assert float(residual(gram[ok], a_s[ok]).max()) <= 1.01e-6
+        assert float(residual(gram[ok], a_g[ok]).max()) <= 1.01e-6
 
 
 # --- which path runs ---------------------------------------------------------------------------

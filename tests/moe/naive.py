@@ -86,11 +86,61 @@ def nash_alpha(players):
     return torch.tensor(a, dtype=torch.float64)
 
 
+def router_logits(layer, v):
+    """Router logits of one pooled vector (plus the router bias where configured)."""
+    logits = layer.router @ v
+    if layer.config.router_bias:
+        logits = logits + layer.router_bias
+    return logits
+
+
+def select_topk(layer, logits):
+    """smoe routing of one token, written out: (chosen experts, their weights)."""
+    cfg = layer.config
+    n = cfg.num_experts
+    scores = torch.softmax(logits, -1) if cfg.score_func == "softmax" else torch.sigmoid(logits)
+    choice = [float(scores[i].detach()) for i in range(n)]
+    if cfg.bias_balancing:
+        choice = [c + float(layer.expert_bias[i]) for i, c in enumerate(choice)]
+    eligible = list(range(n))
+    if cfg.n_group is not None:
+        size = n // cfg.n_group
+        groups = [list(range(g * size, (g + 1) * size)) for g in range(cfg.n_group)]
+        group_score = [sum(sorted((choice[i] for i in grp), reverse=True)[:2]) for grp in groups]
+        best = sorted(range(cfg.n_group), key=lambda g: -group_score[g])[: cfg.topk_group]
+        eligible = [i for g in best for i in groups[g]]
+    top = sorted(eligible, key=lambda i: -choice[i])[: cfg.top_k]
+    weights = [scores[i] for i in top]
+    if cfg.norm_topk:
+        total = sum(weights)
+        weights = [w / total for w in weights]
+    return top, [w * cfg.routed_scaling for w in weights]
+
+
+def merge_weights(layer, scores):
+    """{expert: score} used by a unit's merge: all N, or the renormalised merge_top_k."""
+    k = layer.config.merge_top_k
+    n = layer.config.num_experts
+    if k is None:
+        return {i: scores[i] for i in range(n)}
+    top = sorted(range(n), key=lambda i: -float(scores[i].detach()))[:k]
+    total = sum(scores[i] for i in top)
+    return {i: scores[i] / total for i in top}
+
+
+def shared_output(layer, x_token, act):
+    """The shared experts (one FFN of width shared_experts * shared_d_ff), gated if asked."""
+    w = {nm: getattr(layer, "shared_" + nm) for nm in layer.shared_layout.names}
+    y = apply_expert(x_token, w, act)
+    if layer.config.shared_gate:
+        y = torch.sigmoid(layer.shared_gate_weight[0] @ x_token) * y
+    return y
+
+
 def routing_scores(layer, x, attention_mask=None):
     """Per-unit score lists: a dict unit -> (token positions, scores [N])."""
     cfg = layer.config
     b, s, _ = x.shape
-    router = layer.router
     units = []
     if cfg.unit == "segment":
         t = cfg.segment_len
@@ -106,17 +156,17 @@ def routing_scores(layer, x, attention_mask=None):
                     mean = sum(x[bi, p] for p in src_pos) / len(src_pos)
                     if j == 0:
                         mean = mean.detach()
-                    logits = router @ mean
+                    logits = router_logits(layer, mean)
                 units.append((bi, positions, torch.softmax(logits, -1)))
     elif cfg.unit in ("sequence", "image"):
         for bi in range(b):
             keep = [p for p in range(s) if attention_mask is None or bool(attention_mask[bi, p])]
             mean = sum(x[bi, p] for p in keep) / len(keep)
-            units.append((bi, list(range(s)), torch.softmax(router @ mean, -1)))
+            units.append((bi, list(range(s)), torch.softmax(router_logits(layer, mean), -1)))
     else:
         for bi in range(b):
             for p in range(s):
-                units.append((bi, [p], torch.softmax(router @ x[bi, p], -1)))
+                units.append((bi, [p], torch.softmax(router_logits(layer, x[bi, p]), -1)))
     return units
 
 
@@ -130,6 +180,18 @@ class NaiveState:
 
 def naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_mask=None):
     """Output [B, S, d] of one layer and the state for the next."""
+    out, state = _naive_layer(layer, x, state, attention_mask)
+    if layer.config.shared_experts:
+        act = act_fn(layer.config.activation)
+        extra = torch.zeros_like(out)
+        for bi in range(x.shape[0]):
+            for p in range(x.shape[1]):
+                extra[bi, p] = shared_output(layer, x[bi, p], act)
+        out = out + extra
+    return out, state
+
+
+def _naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_mask=None):
     cfg = layer.config
     act = act_fn(cfg.activation)
     b, s, _d = x.shape
@@ -145,15 +207,9 @@ def naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_ma
     if cfg.method == "smoe":
         for bi in range(b):
             for p in range(s):
-                probs = torch.softmax(layer.router @ x[bi, p], -1)
-                top = sorted(range(cfg.num_experts), key=lambda i: -float(probs[i].detach()))[
-                    : cfg.top_k
-                ]
-                total = sum(probs[i] for i in top)
-                for i in top:
-                    out[bi, p] = out[bi, p] + probs[i] / total * apply_expert(
-                        x[bi, p], experts[i], act
-                    )
+                top, weights = select_topk(layer, router_logits(layer, x[bi, p]))
+                for i, w in zip(top, weights):
+                    out[bi, p] = out[bi, p] + w * apply_expert(x[bi, p], experts[i], act)
         return out, state
     n = cfg.num_experts
     # the base expert and the merge vectors
@@ -186,10 +242,11 @@ def naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_ma
     # merged experts, unit by unit
     for bi, positions, scores in routing_scores(layer, x, attention_mask):
         merged = {}
+        used = merge_weights(layer, scores)
         for nm in names:
             acc = torch.zeros_like(experts[0][nm]) if base is None else base[nm].clone()
-            for i in range(n):
-                acc = acc + scale * scores[i] * vectors[i][nm]
+            for i, w in used.items():
+                acc = acc + scale * w * vectors[i][nm]
             merged[nm] = acc
         for p in positions:
             out[bi, p] = apply_expert(x[bi, p], merged, act)

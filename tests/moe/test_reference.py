@@ -136,3 +136,15 @@ def test_smoe_variants(method):
         make_stack(method, top_k=1, glu=True, bias=True), torch.randn(2, 7, D, dtype=torch.float64)
     )
     compare(make_stack(method, top_k=3), torch.randn(2, 7, D, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["camex", "namex-full-mom"])
+@pytest.mark.parametrize("unit", ["segment", "token"])
+def test_eta_stays_in_float64(method, unit):
+    """η not representable in float32 (as after training): the float64 layer keeps it in float64
+    and matches the float64 reference at 1e-12 (a float32 cast of η costs about 1e-7)."""
+    layers = make_stack(method, unit=unit, **({"segment_len": 4} if unit == "segment" else {}))
+    with torch.no_grad():
+        for layer in layers:
+            layer.eta.fill_(1.0 / 3.0 + 1e-9)
+    compare(layers, torch.randn(2, 8, D, dtype=torch.float64), atol=1e-12)

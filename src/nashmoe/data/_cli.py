@@ -13,9 +13,19 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", choices=CORPORA, default="shakespeare")
     parser.add_argument(
-        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+        "--corpus",
+        default="shakespeare",
+        metavar="NAME|PATH",
+        help=f"{' or '.join(CORPORA)}, a text file, a directory with train/validation/test "
+        "files, or datasets:PATH",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="KIND|PATH",
+        help=f"{', '.join(TOKENIZERS)}, a tokenizer.json or a tokenizer directory; "
+        "default: word for brown, char otherwise",
     )
     parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
     parser.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")

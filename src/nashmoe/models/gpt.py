@@ -228,7 +228,16 @@ class Block(nn.Module):
         self.ffn = MoEFeedForward(cfg.moe_config(index), owns_base=owns_base)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, state, cache=None, start_pos=0):
+    def forward(self, x, state, cache=None, start_pos=0, return_aux=False):
+        """``(x, state)``: the block's output and the propagation state for the next MoE block
+        (``(x, aux)`` with ``return_aux``, the MoE layer's :class:`~nashmoe.moe.MoEAux`).
+
+        The state (a pytree: the propagated base expert and momentum) is an output of the block,
+        so that per-block FSDP sees the gradients flowing into it. The MoE diagnostics and the
+        auxiliary loss are read from ``self.ffn.last_aux``: returned as outputs, the loss would
+        make FSDP unshard every block as soon as the backward pass starts (its gradient is
+        ready first); its backward runs after the block's output gradient arrives anyway.
+        """
         x = x + self.dropout(self.attn(self.ln_1(x), None if cache is None else cache["attn"]))
         y, aux = self.ffn(
             self.ln_2(x),
@@ -237,12 +246,12 @@ class Block(nn.Module):
             cache=None if cache is None else cache.get("ffn"),
             start_pos=start_pos,
         )
-        return x + self.dropout(y), aux
+        return x + self.dropout(y), (aux if return_aux else aux.state)
 
     def checkpointed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The block for ``torch.utils.checkpoint``: the state comes from the model's chain;
         tensors only out (the aux loss too, so that reentrant checkpointing differentiates it)."""
-        x, aux = self(x, None)
+        x, aux = self(x, None, return_aux=True)  # the recomputed aux (last_aux is not updated)
         return x, aux.loss
 
 
@@ -335,7 +344,19 @@ class GPT(nn.Module):
         cache: list[dict] | None = None,
         start_pos: int = 0,
     ) -> GPTOutput:
+        """Logits of ``idx [B, S]`` (and the loss when ``targets [B, S]`` are given).
+
+        An empty batch (B = 0) or an empty sequence (S = 0) gives empty logits ``[B, S, V]`` and
+        a zero auxiliary loss for every method. The mean cross-entropy of no tokens is undefined,
+        so ``targets`` with no element raise ``ValueError`` rather than return NaN.
+        """
         s = idx.shape[1]
+        if targets is not None and targets.numel() == 0:
+            raise ValueError(
+                f"targets of shape {tuple(targets.shape)} hold no token: the mean cross-entropy "
+                "of an empty batch or sequence is undefined (call without targets to get the "
+                "empty logits)"
+            )
         if start_pos + s > self.config.block_size:
             raise ValueError(
                 f"sequence of {start_pos + s} tokens exceeds block_size={self.config.block_size}"
@@ -355,8 +376,8 @@ class GPT(nn.Module):
                 x, aux_loss = checkpoint(block.checkpointed, x, **self._checkpoint_kwargs)
                 aux = replace(block.ffn.last_aux, loss=aux_loss)
             else:
-                x, aux = block(x, state, None if cache is None else cache[i], start_pos)
-                state = aux.state
+                x, state = block(x, state, None if cache is None else cache[i], start_pos)
+                aux = block.ffn.last_aux
             if block.ffn.config.method != "dense":
                 auxes.append(aux)
         logits = self.lm_head(self.ln_f(x))

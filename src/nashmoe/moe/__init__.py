@@ -24,6 +24,7 @@ from nashmoe.moe.config import (
     MoEConfig,
 )
 from nashmoe.moe.curvature import KroneckerCurvature
+from nashmoe.moe.gating import update_router_biases
 from nashmoe.moe.layer import MoEFeedForward, SegmentCache
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.state import PropagationState
@@ -49,4 +50,5 @@ __all__ = [
     "link_moe_layers",
     "router_z_loss",
     "switch_balance_loss",
+    "update_router_biases",
 ]

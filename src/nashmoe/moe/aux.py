@@ -76,12 +76,16 @@ def switch_balance_loss(
         ``(loss, load f [N], importance P [N])``.
     """
     flat = assignments.reshape(-1)
-    load = torch.bincount(flat, minlength=num_experts).to(probs.dtype) / max(flat.numel(), 1)
-    importance = probs.mean(dim=0)
+    # scatter_add with a static size, not bincount (whose output size depends on the data: a
+    # host synchronisation on CUDA and a graph break under torch.compile).
+    counts = probs.new_zeros(num_experts).scatter_add_(0, flat, probs.new_ones(flat.shape))
+    load = counts / max(flat.numel(), 1)
+    importance = probs.sum(dim=0) / max(probs.shape[0], 1)  # 0 (not NaN) for no routing units
     return num_experts * (load * importance).sum(), load, importance
 
 
 def router_z_loss(logits: Tensor) -> Tensor:
     """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    z = torch.logsumexp(logits, dim=-1).square()
+    return z.sum() / max(z.numel(), 1)  # 0 (not NaN) for no routing decisions

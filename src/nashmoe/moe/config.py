@@ -101,7 +101,11 @@ class MoEConfig:
         balance_coef: coefficient of the load-balancing loss (Switch-style; 0.01 as MomentumSMoE).
         z_loss_coef: coefficient of the router z-loss (ST-MoE; off by default).
         merge_mask: ``"none"`` or ``"ties"`` (TIES sign-agreement mask on the τ_i, as CAMEx's
-            best GLUE variant).
+            best GLUE variant). Where it applies: to the domain vectors before the curvature,
+            D_i = M_i(mask_i ⊙ τ_i), so in the merge line and also in EP-CAMEx's propagation
+            (E_m + (γ/N) Σ_i D_i). NAMEx bargains on the unmasked τ_i with
+            ``bargain_on="tau"`` and on the masked, curved D_i with ``"curved_tau"``. The mask
+            is computed over all N experts, also with ``merge_top_k``.
         unit: routing unit of the merging methods: ``"token"``, ``"segment"`` (causal LM),
             ``"sequence"`` (encoder; masked mean) or ``"image"``. Default ``"segment"``;
             ``smoe`` always routes per token.
@@ -111,6 +115,64 @@ class MoEConfig:
             future tokens of segment 0 into its earlier positions).
         init_std: std of the normal initialisation of expert and base weights.
         out_init_std: std for the output projections (default ``init_std``).
+
+    Routing of real MoE families (``smoe`` only; :mod:`nashmoe.moe.families` gives the settings
+    of Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3 and copies their weights):
+
+        score_func: ``"softmax"`` (default; Mixtral, Qwen, OLMoE) or ``"sigmoid"`` (DeepSeek-V3)
+            scores of the router logits. (Softmax over the top-k logits, as GPT-OSS, equals
+            softmax over all experts followed by ``norm_topk=True``.)
+        norm_topk: renormalise the k chosen scores to sum to one (default True: Mixtral;
+            HF's ``norm_topk_prob``, False in Qwen1.5/Qwen2-MoE and OLMoE).
+        routed_scaling: factor multiplying the routed weights (default 1.0; DeepSeek-V3's
+            ``routed_scaling_factor``, applied after the renormalisation).
+        n_group, topk_group: group-limited top-k (DeepSeek-V3): the experts form ``n_group``
+            equal groups, a group's score is the sum of its two best selection scores, only the
+            ``topk_group`` best groups are eligible. Give both or neither.
+        bias_balancing: aux-loss-free balancing (Wang et al., arXiv 2408.15664; DeepSeek-V3):
+            a per-expert buffer ``expert_bias`` is added to the scores for the top-k selection
+            only; the weights use the unbiased scores. Training forwards count the tokens sent
+            to each expert (buffer ``expert_load``); :meth:`MoEFeedForward.update_router_bias`
+            (or :func:`nashmoe.moe.update_router_biases` for a model) then applies
+            ``b_i += u · sign(mean load − load_i)`` (centred to keep mean 0) and resets the
+            counts. Call it once per optimizer step, e.g. from
+            ``optimizer.register_step_pre_hook``.
+        bias_update_rate: u above (default 1e-3, the rate of DeepSeek-V3 and torchtitan).
+
+    Every method with a router:
+
+        router_bias: a learnable bias on the router logits (GPT-OSS has one; the five families
+            above do not).
+        shared_experts: number of shared experts applied to every token beside the routed or
+            merged expert (Qwen2-MoE: 1; DeepSeek-V3: ``n_shared_experts``). They are stored
+            as one FFN of width ``shared_experts · shared_d_ff`` (``shared_w_in`` ...; the sum
+            of several FFNs is one FFN with their hidden units concatenated), with the same
+            activation, GLU and bias settings as the experts. For the merging methods they
+            are added to the merged expert's output (y = merged(x) + shared(x)) and take no
+            part in the merge or the propagation.
+        shared_d_ff: width of one shared expert (default ``d_ff``).
+        shared_gate: gate the shared output per token by ``sigmoid(x · shared_gate_weight)``
+            (Qwen2-MoE's ``shared_expert_gate``; default False, ungated as DeepSeek).
+
+    Sparse merging (merging methods):
+
+        merge_top_k: the merged expert of a unit uses only its k highest-scoring experts, with
+            the scores renormalised over them (CAMEx's sparse path, SMEAR's top-k variant):
+            ``Ê = E_m + η Σ_{i∈topk} s̃_i M_i(τ_i)`` (SMEAR: ``Σ_{i∈topk} s̃_i E_i``),
+            ``s̃_i = s_i / Σ_{j∈topk} s_j``. Only the k selected vectors are gathered per unit
+            (cost ∝ k, not N). The propagation (EP-CAMEx's mean, NAMEx's bargaining) still
+            involves all N experts. Default None: all N (the paper's soft merge).
+
+    Loss convention:
+
+        balance_loss_scale: ``"nashmoe"`` (default): ``N Σ_i f_i P_i`` with f_i the fraction of
+            the M·k assignments (Σ f = 1); ``"transformers"``: k times that, the value of HF's
+            ``load_balancing_loss_func`` (its f_i divides the counts by the M tokens, so Σ f = k),
+            so that a converted model's ``router_aux_loss_coef`` keeps its meaning as
+            ``balance_coef``. k is ``top_k`` (smoe), ``merge_top_k`` or 1 (merging methods).
+            HF re-derives the top-k from a softmax of the logits; with sigmoid scores, a
+            selection bias or group-limited routing the two use different assignments, and
+            with sigmoid scores P_i uses the normalised scores ``s_i / Σ_j s_j``.
     """
 
     method: str
@@ -143,6 +205,20 @@ class MoEConfig:
     first_segment: str | None = None
     init_std: float = 0.02
     out_init_std: float | None = None
+    # routing of real families, shared experts, sparse merging, loss convention
+    score_func: str | None = None
+    norm_topk: bool | None = None
+    routed_scaling: float | None = None
+    n_group: int | None = None
+    topk_group: int | None = None
+    bias_balancing: bool | None = None
+    bias_update_rate: float | None = None
+    router_bias: bool = False
+    shared_experts: int = 0
+    shared_d_ff: int | None = None
+    shared_gate: bool | None = None
+    merge_top_k: int | None = None
+    balance_loss_scale: str = "nashmoe"
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -304,6 +380,116 @@ class MoEConfig:
         if not self.init_std > 0:
             raise ValueError(f"init_std must be positive, got {self.init_std!r}")
         resolve("out_init_std", self.init_std)
+        self._validate_routing(only_for, resolve)
+
+    def _validate_routing(self, only_for, resolve) -> None:
+        """Routing of real families, shared experts, sparse merging, loss convention."""
+        m, n = self.method, self.num_experts
+        smoe = ("smoe",)
+        for f in (
+            "score_func",
+            "norm_topk",
+            "routed_scaling",
+            "n_group",
+            "topk_group",
+            "bias_balancing",
+            "bias_update_rate",
+        ):
+            only_for(f, smoe, "method 'smoe'")
+        if m == "smoe":
+            resolve("score_func", "softmax")
+            resolve("norm_topk", True)
+            resolve("routed_scaling", 1.0)
+            resolve("bias_balancing", False)
+            if self.score_func not in ("softmax", "sigmoid"):
+                raise ValueError(
+                    f"score_func must be 'softmax' or 'sigmoid', got {self.score_func!r}"
+                )
+            if not isinstance(self.norm_topk, bool):
+                raise ValueError(f"norm_topk must be a bool, got {self.norm_topk!r}")
+            if not (math.isfinite(self.routed_scaling) and self.routed_scaling > 0):
+                raise ValueError(
+                    f"routed_scaling must be positive and finite, got {self.routed_scaling!r}"
+                )
+            if (self.n_group is None) != (self.topk_group is None):
+                raise ValueError("n_group and topk_group must be given together")
+            if self.n_group is not None:
+                if not isinstance(self.n_group, int) or self.n_group < 1 or n % self.n_group:
+                    raise ValueError(
+                        f"n_group must be a positive divisor of num_experts={n}, "
+                        f"got {self.n_group!r}"
+                    )
+                if not isinstance(self.topk_group, int) or not (
+                    1 <= self.topk_group <= self.n_group
+                ):
+                    raise ValueError(
+                        f"topk_group must be an integer in [1, n_group={self.n_group}], "
+                        f"got {self.topk_group!r}"
+                    )
+                if self.top_k > self.topk_group * (n // self.n_group):
+                    raise ValueError(
+                        f"top_k={self.top_k} exceeds the experts of topk_group={self.topk_group} "
+                        f"groups of {n // self.n_group}"
+                    )
+            if not isinstance(self.bias_balancing, bool):
+                raise ValueError(f"bias_balancing must be a bool, got {self.bias_balancing!r}")
+            if self.bias_update_rate is not None and not self.bias_balancing:
+                raise ValueError("bias_update_rate is only used with bias_balancing=True")
+            if self.bias_balancing:
+                resolve("bias_update_rate", 1e-3)
+                if not (math.isfinite(self.bias_update_rate) and self.bias_update_rate > 0):
+                    raise ValueError(
+                        f"bias_update_rate must be positive and finite, "
+                        f"got {self.bias_update_rate!r}"
+                    )
+        # every routed method
+        routed = "methods with a router (not 'dense')"
+        if m == "dense":
+            if self.router_bias:
+                raise ValueError("router_bias is only used by methods with a router, not 'dense'")
+            if self.shared_experts:
+                raise ValueError(f"shared_experts is only used by {routed}")
+        if not isinstance(self.router_bias, bool):
+            raise ValueError(f"router_bias must be a bool, got {self.router_bias!r}")
+        if not isinstance(self.shared_experts, int) or self.shared_experts < 0:
+            raise ValueError(
+                f"shared_experts must be a non-negative integer, got {self.shared_experts!r}"
+            )
+        if not self.shared_experts:
+            if self.shared_d_ff is not None or self.shared_gate is not None:
+                raise ValueError("shared_d_ff and shared_gate need shared_experts >= 1")
+        else:
+            resolve("shared_d_ff", self.d_ff)
+            resolve("shared_gate", False)
+            if not isinstance(self.shared_d_ff, int) or self.shared_d_ff < 1:
+                raise ValueError(
+                    f"shared_d_ff must be a positive integer, got {self.shared_d_ff!r}"
+                )
+            if not isinstance(self.shared_gate, bool):
+                raise ValueError(f"shared_gate must be a bool, got {self.shared_gate!r}")
+        # sparse merging
+        only_for(
+            "merge_top_k", MERGING_METHODS, "the merging methods (smear, camex, ep-camex, namex*)"
+        )
+        if self.merge_top_k is not None and (
+            not isinstance(self.merge_top_k, int) or not 1 <= self.merge_top_k <= n
+        ):
+            raise ValueError(
+                f"merge_top_k must be None or an integer in [1, num_experts={n}], "
+                f"got {self.merge_top_k!r}"
+            )
+        if self.balance_loss_scale not in ("nashmoe", "transformers"):
+            raise ValueError(
+                "balance_loss_scale must be 'nashmoe' or 'transformers', "
+                f"got {self.balance_loss_scale!r}"
+            )
+
+    @property
+    def balance_k(self) -> int:
+        """k of the balance loss: assignments per routing decision."""
+        if self.method == "smoe":
+            return self.top_k
+        return self.merge_top_k or 1
 
     def to_dict(self) -> dict:
         """The resolved settings as a JSON-serialisable dict."""

@@ -8,7 +8,8 @@ All of them are loop-free over tokens, units and experts:
 - :func:`mixed_ffn`: per-token merging without materialising per-token weights: a merged linear map
   applied to x equals the score-weighted sum of the experts' maps applied to x, so
   ``(B + Σ_i c_i V_i) x = B x + Σ_i c_i (V_i x)`` (N times the dense cost, no U·P memory).
-- :func:`topk_ffn`: sparse top-k dispatch (sort, bincount, a padded batched product, index_add).
+- :func:`topk_ffn`: sparse top-k dispatch (sort, per-expert counts, a padded batched product,
+  index_add).
 """
 
 from __future__ import annotations
@@ -107,8 +108,12 @@ def topk_ffn(
     """Sparse top-k MoE on tokens ``x [M, d]``: ``y_t = Σ_j top_w[t, j] f(x_t; E_{top_idx[t, j]})``.
 
     Index-based dispatch: assignments are sorted by expert, each expert's tokens are gathered into
-    a padded buffer ``[N, C, d]`` (C = the largest expert load), all experts run as one batched
-    product, and the weighted results are scattered back with ``index_add_``.
+    a padded buffer ``[N, C, d]``, all experts run as one batched product, and the weighted
+    results are scattered back with ``index_add_``. C is the largest expert load in CPU eager
+    mode, and the static bound M (every token on one expert) on CUDA and under
+    ``torch.compile``, so that the forward never synchronises with the host (at the cost of
+    N/k times the sparse FLOPs there; a capacity-factor dispatch would be the faster
+    alternative).
     """
     m, d = x.shape
     n = experts["w_in"].shape[0]
@@ -117,10 +122,14 @@ def topk_ffn(
     order = torch.argsort(flat_expert, stable=True)
     sorted_expert = flat_expert[order]
     token = torch.div(order, k, rounding_mode="floor")
-    counts = torch.bincount(flat_expert, minlength=n)
+    counts = torch.zeros(n, dtype=torch.long, device=x.device)
+    counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(m * k, device=x.device) - starts[sorted_expert]
-    capacity = int(counts.max()) if m else 0
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        capacity = int(counts.max()) if m else 0  # free on the CPU: pad to the largest load
+    else:  # no host synchronisation: the static worst case (top-k experts are distinct)
+        capacity = m
     buffer = x.new_zeros(n, max(capacity, 1), d)
     buffer[sorted_expert, slot] = x[token]
     y_buf = merged_ffn(buffer, experts, act)

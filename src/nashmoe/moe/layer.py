@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nashmoe.bargaining import NashStatus, nash_bargaining
+from nashmoe.bargaining import NashSolution, NashStatus, nash_bargaining
 from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
 from nashmoe.moe.cache import InferenceCache, parameter_key
 from nashmoe.moe.config import MoEConfig
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.ffn import activation_fn, dense_ffn, merged_ffn, mixed_ffn, topk_ffn
 from nashmoe.moe.fused import merge_and_apply
+from nashmoe.moe.gating import merge_selection, topk_route, update_bias
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_segments
 from nashmoe.moe.state import PropagationState
@@ -53,6 +54,9 @@ class _ParameterPart:
     residual: Tensor | None = None
     status: Tensor | None = None
     solved: bool = False
+    # merge_top_k with identity curvature and no mask: ``vectors`` are the raw experts E_i and
+    # the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ)
+    raw: bool = False
 
 
 @dataclass
@@ -85,6 +89,10 @@ class MoEFeedForward(nn.Module):
     :class:`~nashmoe.models.GPT` set it. The incoming state is moved to the device and dtype of
     the layer's parameters (a differentiable move; α keeps its dtype).
 
+    Real-family routing (``smoe``), shared experts and ``merge_top_k`` are configured in
+    :class:`MoEConfig`; with ``bias_balancing`` call :meth:`update_router_bias` once per
+    optimizer step. Weights of transformers 5 blocks: :mod:`nashmoe.moe.families`.
+
     Call: ``out = layer(x)`` with ``x [B, S, d]``; ``out, aux = layer(x, return_aux=True)``.
     Keyword arguments: ``state`` (the :class:`PropagationState` from the previous MoE layer),
     ``attention_mask [B, S]`` (``unit="sequence"``), ``cache`` and ``start_pos`` (incremental
@@ -108,6 +116,7 @@ class MoEFeedForward(nn.Module):
             self.register_parameter(name, nn.Parameter(torch.empty(*lead, *shape)))
         if cfg.method != "dense":
             self.router = nn.Parameter(torch.empty(n, cfg.d_model))
+            self._init_routing_extras()
         if cfg.is_merging and cfg.unit == "segment" and cfg.first_segment == "prior":
             self.prior_logits = nn.Parameter(torch.zeros(n))
         if self.owns_base:
@@ -156,7 +165,70 @@ class MoEFeedForward(nn.Module):
                 self.router.normal_(0.0, cfg.init_std)
             if hasattr(self, "alpha_prev"):
                 self.alpha_prev.zero_()
+            self._reset_routing_extras()
         self.clear_cache()
+
+    def _init_routing_extras(self) -> None:
+        """Router bias, aux-loss-free selection bias and shared experts (real families)."""
+        cfg = self.config
+        n = cfg.num_experts
+        if cfg.router_bias:
+            self.router_bias = nn.Parameter(torch.zeros(n))
+        if cfg.method == "smoe" and cfg.bias_balancing:
+            # selection-only bias (kept in float32 like HF's e_score_correction_bias) and the
+            # token counts since the last update_router_bias()
+            self.register_buffer("expert_bias", torch.zeros(n, dtype=torch.float32))
+            self.register_buffer("expert_load", torch.zeros(n, dtype=torch.float32))
+        if cfg.shared_experts:
+            width = cfg.shared_experts * cfg.shared_d_ff
+            self.shared_layout = ExpertLayout(cfg.d_model, width, glu=cfg.glu, bias=cfg.bias)
+            for name, shape in self.shared_layout.shapes.items():
+                self.register_parameter("shared_" + name, nn.Parameter(torch.empty(*shape)))
+            if cfg.shared_gate:
+                self.shared_gate_weight = nn.Parameter(torch.empty(1, cfg.d_model))
+
+    def _reset_routing_extras(self) -> None:
+        cfg = self.config
+        for name in ("router_bias", "expert_bias", "expert_load"):
+            t = getattr(self, name, None)
+            if t is not None:
+                t.zero_()
+        if hasattr(self, "shared_layout"):
+            for name in self.shared_layout.names:
+                p = getattr(self, "shared_" + name)
+                if name.startswith("b_"):
+                    p.zero_()
+                else:
+                    p.normal_(0.0, cfg.out_init_std if name == "w_out" else cfg.init_std)
+        if hasattr(self, "shared_gate_weight"):
+            self.shared_gate_weight.normal_(0.0, cfg.init_std)
+
+    def shared_tensors(self) -> dict[str, Tensor] | None:
+        """The shared experts as one FFN ``{name: [*shape]}`` (width shared_experts·shared_d_ff),
+        or None."""
+        if not hasattr(self, "shared_layout"):
+            return None
+        return {name: getattr(self, "shared_" + name) for name in self.shared_layout.names}
+
+    def _shared_output(self, x: Tensor) -> Tensor:
+        """Shared experts on every token, gated per token by a sigmoid where configured."""
+        y = dense_ffn(x, self.shared_tensors(), self.act)
+        if hasattr(self, "shared_gate_weight"):
+            y = torch.sigmoid(F.linear(x, self.shared_gate_weight.to(x.dtype))) * y
+        return y
+
+    @torch.no_grad()
+    def update_router_bias(self, rate: float | None = None) -> Tensor:
+        """Aux-loss-free balancing step (``bias_balancing``): ``expert_bias_i += u ·
+        sign(mean load − load_i)`` from the tokens counted by the training forwards since the
+        last call (centred; u = ``rate`` or ``bias_update_rate``), then reset the counts.
+        Returns the change. A call without counted tokens changes nothing."""
+        if not hasattr(self, "expert_bias"):
+            raise ValueError("update_router_bias needs method='smoe' with bias_balancing=True")
+        if not bool(self.expert_load.sum() > 0):
+            return torch.zeros_like(self.expert_bias)
+        u = self.config.bias_update_rate if rate is None else rate
+        return update_bias(self.expert_bias, self.expert_load, u)
 
     def expert_tensors(self) -> dict[str, Tensor]:
         """The fused expert tensors ``{name: [N, *shape]}`` (``[*shape]`` for dense)."""
@@ -217,10 +289,14 @@ class MoEFeedForward(nn.Module):
             aux.state = state
         else:
             part = self._parameter_part(state, reuse_solve=recompute)
-            if cache is not None:
+            if x.shape[0] == 0 or x.shape[1] == 0:  # no routing unit: nothing to merge
+                out, aux = self._forward_empty(x, part)
+            elif cache is not None:
                 out, aux = self._forward_cached(x, part, cache, start_pos)
             else:
                 out, aux = self._forward_merged(x, part, attention_mask)
+        if cfg.shared_experts:
+            out = out + self._shared_output(x).to(out.dtype)
         if not recompute:
             if chain is not None:
                 chain.outgoing(self, aux.state)
@@ -229,7 +305,10 @@ class MoEFeedForward(nn.Module):
 
     # ------------------------------------------------------------------ routing
     def _logits(self, pooled: Tensor) -> Tensor:
-        logits = F.linear(pooled, self.router.to(pooled.dtype))
+        bias = getattr(self, "router_bias", None)
+        logits = F.linear(
+            pooled, self.router.to(pooled.dtype), None if bias is None else bias.to(pooled.dtype)
+        )
         if self.training and self.config.router_noise > 0:
             logits = logits + self.config.router_noise * torch.randn_like(logits)
         return logits
@@ -239,6 +318,8 @@ class MoEFeedForward(nn.Module):
         balance, load, importance = switch_balance_loss(
             _at_least_float32(probs), assignments, cfg.num_experts
         )
+        if cfg.balance_loss_scale == "transformers":  # HF's load_balancing_loss_func: k × ours
+            balance = cfg.balance_k * balance
         z = router_z_loss(logits)
         loss = cfg.balance_coef * balance + cfg.z_loss_coef * z
         return MoEAux(loss=loss, balance_loss=balance, z_loss=z, load=load, importance=importance)
@@ -247,10 +328,24 @@ class MoEFeedForward(nn.Module):
         b, s, d = x.shape
         tokens = x.reshape(b * s, d)
         logits = self._logits(tokens)
-        probs = torch.softmax(_at_least_float32(logits), dim=-1)
-        top_w, top_idx = probs.topk(self.config.top_k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)  # renormalised over the chosen k
+        cfg = self.config
+        scores, top_idx, top_w = topk_route(
+            _at_least_float32(logits),
+            cfg.top_k,
+            score_func=cfg.score_func,
+            norm_topk=cfg.norm_topk,
+            routed_scaling=cfg.routed_scaling,
+            n_group=cfg.n_group,
+            topk_group=cfg.topk_group,
+            selection_bias=getattr(self, "expert_bias", None),
+        )
+        if self.training and hasattr(self, "expert_load") and not _in_backward():
+            with torch.no_grad():  # (a checkpointed recomputation does not count twice)
+                self.expert_load += torch.bincount(
+                    top_idx.reshape(-1), minlength=cfg.num_experts
+                ).to(self.expert_load.dtype)
         out = topk_ffn(tokens, self.expert_tensors(), top_idx, top_w.to(x.dtype), self.act)
+        probs = scores if cfg.score_func == "softmax" else scores / scores.sum(-1, keepdim=True)
         return out.view(b, s, d), self._losses(logits, probs, top_idx)
 
     def _unit_scores(self, x: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -275,20 +370,36 @@ class MoEFeedForward(nn.Module):
     # ------------------------------------------------------------------ merging
     def _coefficients(self, scores: Tensor, dtype: torch.dtype) -> Tensor:
         if self.config.is_curved:
-            return (self.eta.to(torch.float32) * scores).to(dtype)
+            # η in its own (the parameters') dtype: a float32 cast would cost ~1e-7 in float64.
+            wide = torch.promote_types(self.eta.dtype, scores.dtype)
+            return (self.eta.to(wide) * scores.to(wide)).to(dtype)
         return scores.to(dtype)
 
-    def _merge(self, part: _ParameterPart, coeff: Tensor) -> dict[str, Tensor]:
-        """Merged experts of all units, one matrix product per tensor: ``E_m + coeff @ D``."""
+    def _merge(
+        self, part: _ParameterPart, coeff: Tensor, index: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Merged experts of all units, one matrix product per tensor: ``E_m + coeff @ D``
+        (with ``index [U, k]``: ``E_m + Σ_j coeff[:, j] D[index[:, j]]``, merge_top_k)."""
         out = {}
         for name, v in part.vectors.items():
             flat = v.reshape(v.shape[0], -1).to(coeff.dtype)
-            if part.base is None:
+            if index is not None:
+                w = F.embedding_bag(index, flat, per_sample_weights=coeff, mode="sum")
+                if part.base is not None:
+                    b = part.base[name].reshape(1, -1).to(coeff.dtype)
+                    w = w + (1 - coeff.sum(dim=-1, keepdim=True)) * b if part.raw else w + b
+            elif part.base is None:
                 w = coeff @ flat
             else:
                 w = torch.addmm(part.base[name].reshape(1, -1).to(coeff.dtype), coeff, flat)
             out[name] = w.view(coeff.shape[0], *v.shape[1:])
         return out
+
+    def _selection(self, scores: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The scores the merge uses, and the selected experts with ``merge_top_k``."""
+        if self.config.merge_top_k is None:
+            return scores, None
+        return merge_selection(scores, self.config.merge_top_k)
 
     def _forward_merged(
         self, x: Tensor, part: _ParameterPart, attention_mask: Tensor | None
@@ -302,8 +413,23 @@ class MoEFeedForward(nn.Module):
             if torch.is_autocast_enabled(x.device.type)
             else x.dtype
         )
-        coeff = self._coefficients(flat_scores, compute_dtype)
-        if cfg.unit == "token":
+        merge_scores, index = self._selection(flat_scores)
+        coeff = self._coefficients(merge_scores, compute_dtype)
+        if index is not None:  # merge_top_k: gather the k selected vectors per unit
+            units = x.reshape(b * s, 1, d) if cfg.unit == "token" else x
+            if cfg.unit == "segment":
+                units = split_segments(x, cfg.segment_len).reshape(-1, cfg.segment_len, d)
+            out = merge_and_apply(
+                units,
+                coeff,
+                part.base,
+                part.vectors,
+                activation=cfg.activation,
+                index=index,
+                base_coeff=1 - coeff.sum(dim=-1) if part.raw else None,
+            )
+            out = out.reshape(b, -1, d)[:, :s]
+        elif cfg.unit == "token":
             vectors = {k: v.to(compute_dtype) for k, v in part.vectors.items()}
             base = (
                 None
@@ -320,9 +446,21 @@ class MoEFeedForward(nn.Module):
             ).view(b, nseg * cfg.segment_len, -1)[:, :s]
         else:
             out = merge_and_apply(x, coeff, part.base, part.vectors, activation=cfg.activation)
-        aux = self._losses(logits, flat_scores, flat_scores.argmax(dim=-1, keepdim=True))
+        assignments = flat_scores.argmax(dim=-1, keepdim=True) if index is None else index
+        aux = self._losses(logits, flat_scores, assignments)
         self._fill_aux(aux, part)
         return out, aux
+
+    def _forward_empty(self, x: Tensor, part: _ParameterPart) -> tuple[Tensor, MoEAux]:
+        """Batch 0 or length 0: an empty output, zero losses, and the propagation state (it
+        depends on parameters only, so the next layer still gets its base expert)."""
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        zero = x.new_zeros((), dtype=torch.float32)
+        none = x.new_zeros(self.config.num_experts, dtype=torch.float32)
+        aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero, load=none, importance=none.clone())
+        self._fill_aux(aux, part)
+        return x.new_zeros(x.shape, dtype=dtype), aux
 
     def _fill_aux(self, aux: MoEAux, part: _ParameterPart) -> None:
         aux.state = part.next_state
@@ -332,11 +470,10 @@ class MoEFeedForward(nn.Module):
             aux.solved = True
             aux.residual = part.residual
             aux.status = part.status
-            fallback = (part.status == NashStatus.DEGENERATE) | (
-                part.status == NashStatus.INFEASIBLE
-            )
+            # Compare with int codes, not the IntEnum (dynamo cannot compare a tensor with it).
+            fallback = (part.status == _DEGENERATE) | (part.status == _INFEASIBLE)
             aux.fallbacks = fallback.to(torch.int64)
-            aux.not_converged = (part.status == NashStatus.NOT_CONVERGED).to(torch.int64)
+            aux.not_converged = (part.status == _NOT_CONVERGED).to(torch.int64)
 
     # ------------------------------------------------------------------ parameter part
     def _parameter_part(
@@ -355,7 +492,11 @@ class MoEFeedForward(nn.Module):
                 )
             if incoming is not None:
                 incoming = self._adopt(incoming)
-        use_cache = not self.training and not torch.is_grad_enabled()
+        use_cache = (
+            not self.training
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # the key reads version counters
+        )
         if not use_cache:
             return self._compute_parameter_part(incoming, reuse_solve)
         key = (
@@ -407,13 +548,28 @@ class MoEFeedForward(nn.Module):
             base, layer_index = incoming.base, incoming.layer
         else:
             base, layer_index = self.base_tensors(), 0
+        raw = cfg.merge_top_k is not None and cfg.curvature_rank == 0 and cfg.merge_mask == "none"
+        if raw and (cfg.method in ("camex", "ep-camex") or self.last_in_chain):
+            # the merge uses the raw experts and nothing else needs the N domain vectors
+            part = _ParameterPart(base=base, vectors=experts, next_state=incoming, raw=True)
+            if cfg.propagates and self.last_in_chain:  # nothing uses the next base
+                part.next_state = None
+                part.alpha = None if incoming is None else incoming.alpha
+            elif cfg.method == "ep-camex":  # (γ/N) Σ_i τ_i = γ (mean_i E_i − E_m)
+                step = {name: e.mean(dim=0) - base[name] for name, e in experts.items()}
+                part.next_state = PropagationState(
+                    base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
+                )
+            return part
         tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":
             masked = {name: t * _ties_mask(t) for name, t in tau.items()}
         else:
             masked = tau
         curved = self.curvature(masked) if cfg.curvature_rank > 0 else masked
-        part = _ParameterPart(base=base, vectors=curved, next_state=incoming)
+        part = _ParameterPart(
+            base=base, vectors=experts if raw else curved, next_state=incoming, raw=raw
+        )
         if not cfg.propagates:
             return part
         if self.last_in_chain:  # nothing uses the next base: skip the step and the solve
@@ -494,18 +650,15 @@ class MoEFeedForward(nn.Module):
         with torch.no_grad():
             default = gram.diagonal().detach().double().clamp_min(1e-300).rsqrt()
             init = torch.where(self.alpha_prev > 0, self.alpha_prev, default)
-        solution = nash_bargaining(
+        solution = _solve_nash(
             gram,
             max_iter=cfg.nash_max_iter,
             tol=cfg.nash_tol,
             init=init,
             differentiable=cfg.differentiable_alpha,
-            validate=False,
         )
         with torch.no_grad():
-            usable = (solution.status == NashStatus.OK) | (
-                solution.status == NashStatus.NOT_CONVERGED
-            )
+            usable = (solution.status == _OK) | (solution.status == _NOT_CONVERGED)
             self.alpha_prev.copy_(torch.where(usable, solution.alpha.double(), self.alpha_prev))
         part.alpha = solution.alpha
         part.residual = solution.residual
@@ -531,7 +684,8 @@ class MoEFeedForward(nn.Module):
             cache.segment_sum = x[:, last * t :].sum(dim=1)
             _, scores = self._unit_scores(x, None)
             cache.scores = scores[:, last]
-            cache.weights = self._merge(part, self._coefficients(cache.scores, out.dtype))
+            merge_scores, index = self._selection(cache.scores)
+            cache.weights = self._merge(part, self._coefficients(merge_scores, out.dtype), index)
             return out, aux
         if cache.segment_sum is None:
             raise ValueError(
@@ -552,7 +706,8 @@ class MoEFeedForward(nn.Module):
             if pos % t == 0:  # the previous segment is complete: route the new one by its mean
                 logits = self._logits(cache.segment_sum / t)
                 cache.scores = torch.softmax(_at_least_float32(logits), dim=-1)
-                cache.weights = self._merge(part, self._coefficients(cache.scores, x.dtype))
+                merge_scores, index = self._selection(cache.scores)
+                cache.weights = self._merge(part, self._coefficients(merge_scores, x.dtype), index)
                 cache.segment_sum = torch.zeros_like(cache.segment_sum)
             outs.append(merged_ffn(token, cache.weights, self.act))
             cache.segment_sum = cache.segment_sum + token[:, 0]
@@ -568,9 +723,66 @@ class MoEFeedForward(nn.Module):
             parts.append(f"num_experts={cfg.num_experts}")
         if cfg.is_merging:
             parts.append(f"unit={cfg.unit!r}")
+            if cfg.merge_top_k is not None:
+                parts.append(f"merge_top_k={cfg.merge_top_k}")
+        if cfg.shared_experts:
+            parts.append(f"shared_experts={cfg.shared_experts}")
         if cfg.propagates:
             parts.append(f"owns_base={self.owns_base}")
         return ", ".join(parts)
+
+
+_OK = int(NashStatus.OK)
+_NOT_CONVERGED = int(NashStatus.NOT_CONVERGED)
+_DEGENERATE = int(NashStatus.DEGENERATE)
+_INFEASIBLE = int(NashStatus.INFEASIBLE)
+
+
+@torch.library.custom_op("nashmoe::nash_solve", mutates_args=())
+def _nash_solve_op(
+    gram: Tensor, init: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    sol = nash_bargaining(gram, max_iter=max_iter, tol=tol, init=init, validate=False)
+    # Fresh outputs (a custom op may not return views of its inputs).
+    return sol.alpha.clone(), sol.residual.clone(), sol.iterations.clone(), sol.status.clone()
+
+
+@_nash_solve_op.register_fake
+def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
+    dtype = gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float32
+    batch = gram.shape[:-1]
+    return (
+        gram.new_empty(batch, dtype=dtype),
+        gram.new_empty(batch[:-1], dtype=dtype),
+        gram.new_empty(batch[:-1], dtype=torch.int64),
+        gram.new_empty(batch[:-1], dtype=torch.int64),
+    )
+
+
+@torch.compiler.disable
+def _solve_nash_differentiable(gram: Tensor, **kwargs) -> NashSolution:
+    return nash_bargaining(gram, validate=False, differentiable=True, **kwargs)
+
+
+def _solve_nash(
+    gram: Tensor, *, max_iter: int, tol: float, init: Tensor, differentiable: bool
+) -> NashSolution:
+    """The Nash solve of a layer, traceable by ``torch.compile``.
+
+    Its Newton loop stops early on the CPU (a data-dependent branch) and runs a fixed number of
+    masked iterations on CUDA (no host synchronisation); either way it is a tiny ``[N, N]``
+    problem, so compiling it gains nothing. Under ``torch.compile`` it is called as an opaque
+    custom op (``nashmoe::nash_solve``), so the layer still compiles to one graph
+    (``fullgraph=True``). With ``differentiable_alpha`` (implicit differentiation) the solve
+    stays outside the graph instead: a deliberate ``torch.compiler.disable`` boundary, i.e. one
+    graph break.
+    """
+    if differentiable and gram.requires_grad:
+        return _solve_nash_differentiable(gram, max_iter=max_iter, tol=tol, init=init)
+    if not torch.compiler.is_compiling():
+        return nash_bargaining(gram, max_iter=max_iter, tol=tol, init=init, validate=False)
+    alpha, residual, iterations, status = _nash_solve_op(gram.detach(), init, max_iter, tol)
+    return NashSolution(alpha=alpha, residual=residual, iterations=iterations, status=status)
 
 
 def _in_backward() -> bool:

@@ -52,6 +52,9 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
         )
     m = mask.to(x.dtype)[..., None]
     count = m.sum(dim=1)
-    if bool((count == 0).any()):
-        raise ValueError("attention_mask masks every token of some sequence")
-    return (x * m).sum(dim=1) / count
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool((count == 0).any()):  # free on the CPU; a host synchronisation elsewhere
+            raise ValueError("attention_mask masks every token of some sequence")
+    # On CUDA and under torch.compile (no host synchronisation) a fully masked sequence gets the
+    # mean 0 instead of an error.
+    return (x * m).sum(dim=1) / count.clamp_min(1)

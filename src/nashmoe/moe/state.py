@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 __all__ = ["PropagationState"]
@@ -48,3 +49,33 @@ class PropagationState:
     residual: Tensor | None = None
     layer: int = 0
     key: tuple = field(default=(), repr=False)
+
+
+_TENSOR_FIELDS = ("base", "momentum_re", "momentum_im", "alpha", "status", "residual")
+
+
+def _flatten_state(state: PropagationState):
+    return [getattr(state, f) for f in _TENSOR_FIELDS], (state.layer, state.key)
+
+
+def _flatten_state_with_keys(state: PropagationState):
+    children = [(pytree.GetAttrKey(f), getattr(state, f)) for f in _TENSOR_FIELDS]
+    return children, (state.layer, state.key)
+
+
+def _unflatten_state(values, context) -> PropagationState:
+    layer, key = context
+    return PropagationState(*values, layer=layer, key=key)
+
+
+# A pytree node: its tensors (the propagated base expert, the momentum) are seen by pytree-based
+# tools when a block returns the state, e.g. FSDP2's pre-backward hooks on a block's outputs and
+# post-backward hooks on its inputs (per-block ``fully_shard``). ``layer`` and ``key`` are
+# static context.
+pytree.register_pytree_node(
+    PropagationState,
+    _flatten_state,
+    _unflatten_state,
+    serialized_type_name="nashmoe.moe.state.PropagationState",
+    flatten_with_keys_fn=_flatten_state_with_keys,
+)

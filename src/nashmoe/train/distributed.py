@@ -14,11 +14,19 @@ Parameter-merging MoE layers (SMEAR, CAMEx, NAMEx) use every expert's weights in
 DDP needs no ``find_unused_parameters``; it is switched on for ``smoe`` only, where a top-k layer
 may leave an expert without tokens (pytorch/pytorch#43259).
 
-FSDP (meant for CUDA; it also runs on CPU with gloo, which the tests use) shards the whole model
-as one unit (FSDP2 ``fully_shard``, parameters kept
-gathered between forward and backward): the propagated base expert of EP-CAMEx / NAMEx and the
-balance losses carry gradients from one block into another outside the blocks' outputs, which
-per-block FSDP hooks do not see. Sharding then saves optimizer-state and gradient memory.
+FSDP (FSDP2 ``fully_shard``; meant for CUDA, it also runs on CPU with gloo, which the tests use)
+shards every transformer block as its own unit, then the root (embeddings, final norm, head):
+a block's parameters are gathered for its forward, freed after it (``reshard_after_forward``)
+and gathered again in the backward pass, so parameters, gradients and optimizer state are
+sharded and only a block or two are gathered at a time. The propagated base
+expert of EP-CAMEx / NAMEx is part of every block's outputs and inputs (``Block.forward`` returns
+the :class:`~nashmoe.moe.PropagationState`, a registered pytree), so FSDP's pre-backward hooks
+(on outputs) and post-backward hooks (on inputs) see the gradients flowing through it into
+earlier blocks. The load-balancing losses are read from the layers, not returned by the blocks:
+their gradient is ready first in the backward pass and would gather every block at once; their
+backward runs within the block's own backward (autograd processes a block's nodes after those of
+later blocks). 0-dim parameters (a learnable η) stay replicated, with their gradients averaged by
+:func:`average_gradients`.
 """
 
 from __future__ import annotations
@@ -140,9 +148,11 @@ def wrap_model(
         from torch.distributed.fsdp import fully_shard
 
         replicated = [p for p in model.parameters() if p.dim() == 0]
-        wrapped = fully_shard(
-            model, reshard_after_forward=False, ignored_params=set(replicated) or None
-        )
+        ignored = set(replicated) or None
+        for block in getattr(model, "blocks", ()):  # one unit per transformer block
+            fully_shard(block, reshard_after_forward=True, ignored_params=ignored)
+        # The root (embeddings, final norm, head) is needed again first in the backward pass.
+        wrapped = fully_shard(model, reshard_after_forward=False, ignored_params=ignored)
         return wrapped, replicated
     from torch.nn.parallel import DistributedDataParallel
 

@@ -22,6 +22,7 @@ from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
     auto_threads,
+    check_extras,
     config_from_args,
     report_error,
 )
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume and --overwrite exclude each other")
         if args.allow_missing_optimizer and not args.resume:
             raise ValueError("--allow-missing-optimizer only applies with --resume")
+        check_extras(config)
         resolve_device(args.device)
         # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         summary = {
             "run_dir": str(result.run_dir),
-            "valid_ppl": round(result.valid["ppl"], 4),
+            "validation_ppl": round(result.validation["ppl"], 4),
             "test_ppl": round(result.test["ppl"], 4),
             "best_step": result.best_step,
             "params": result.params,
