@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from nashmoe._argtypes import report_error
 from nashmoe.data._corpus import CORPORA, SPLITS, TOKENIZERS, load_corpus
 
 __all__ = ["add_arguments", "run"]
@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.json is not None and args.json.is_dir():
-        print(f"nashmoe data: error: --json {args.json} is a directory", file=sys.stderr)
-        return 2
+        return report_error("data", f"--json {args.json} is a directory")
     try:
         corpus = load_corpus(
             args.corpus,
@@ -48,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
             bpe_vocab_size=args.bpe_vocab_size,
         )
     except (OSError, ValueError, ImportError) as e:
-        print(f"nashmoe data: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("data", e)
     info = corpus.info
     print(f"corpus {info['corpus']}  tokenizer {info['tokenizer']}  vocab {info['vocab_size']:,}")
     print(f"source: {info['source']}")
@@ -67,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(info, indent=2) + "\n")
         except OSError as e:
-            print(f"nashmoe data: error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 2
+            return report_error("data", f"--json {args.json}: {e.strerror or e}")
         print(f"wrote {args.json}")
     return 0
