@@ -20,12 +20,20 @@ from nashmoe._warnings import NashmoeWarning
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("nashmoe.train.cli.compare", "the main job: train and compare every MoE method"),
+    "convert": (
+        "nashmoe._cli_hf.convert",
+        "replace the MoE blocks of a transformers checkpoint (Mixtral, Qwen-MoE, ...)",
+    ),
     "data": ("nashmoe.data._cli", "corpus split statistics: sizes, vocabulary, OOV rates"),
     "defer": ("nashmoe.defer.cli", "multi-expert learning to defer (PiCCE)"),
     "eval": ("nashmoe.train.cli.eval", "validation / test perplexity of a trained checkpoint"),
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
     "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
     "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
+    "upcycle": (
+        "nashmoe._cli_hf.upcycle",
+        "turn a dense transformers checkpoint (BERT, Llama, GPT-2) into a MoE model",
+    ),
     "vision": (
         "nashmoe.vision.cli",
         "MoE ViT on CIFAR-10: clean and corrupted (CIFAR-10-C) accuracy",
