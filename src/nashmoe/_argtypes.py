@@ -197,9 +197,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     meaningful default (not None, not a flag's False) and whose help does not already say it."""
 
     def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and self._shows_default(action):
-            action.help = "(default: %(default)s)"
-            return super()._format_action(action)
+        if self._shows_default(action):
+            if action.help is None:
+                action.help = "(default: %(default)s)"
+            elif "default" not in action.help:
+                action.help = action.help + " (default: %(default)s)"
         return super()._format_action(action)
 
     @staticmethod
