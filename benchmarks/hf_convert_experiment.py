@@ -237,7 +237,7 @@ def main(argv=None) -> int:
         model = build(family, vocab, p, seed=0)
         curve = train(model, corpus.train, p["pretrain_steps"], p["pretrain_lr"], p, seed=0)
         t_pre = time.perf_counter() - t0
-        base_ppl = evaluate(model, corpus.valid, p)
+        base_ppl = evaluate(model, corpus.validation, p)
         print(f"{family}: pretrained {t_pre:.0f}s, valid ppl {base_ppl:.3f}", file=sys.stderr)
         fam = {"original_ppl": base_ppl, "pretrain_loss": curve[-10:], "methods": {}}
         results["timings"][f"{family}/pretrain_s"] = t_pre
@@ -251,9 +251,9 @@ def main(argv=None) -> int:
             for seed in range(p["seeds"]):
                 t1 = time.perf_counter()
                 converted = hf.convert(copy.deepcopy(model), method, **options)
-                zero = evaluate(converted, corpus.valid, p)
+                zero = evaluate(converted, corpus.validation, p)
                 train(converted, corpus.train, p["finetune_steps"], p["finetune_lr"], p, 1 + seed)
-                tuned = evaluate(converted, corpus.valid, p)
+                tuned = evaluate(converted, corpus.validation, p)
                 dt = time.perf_counter() - t1
                 runs.append(
                     {"seed": seed, "zero_shot_ppl": zero, "finetuned_ppl": tuned, "seconds": dt}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -196,9 +197,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     meaningful default (not None, not a flag's False) and whose help does not already say it."""
 
     def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and self._shows_default(action):
-            action.help = "(default: %(default)s)"
-            return super()._format_action(action)
+        if self._shows_default(action):
+            if action.help is None:
+                action.help = "(default: %(default)s)"
+            elif "default" not in action.help:
+                action.help = action.help + " (default: %(default)s)"
         return super()._format_action(action)
 
     @staticmethod
@@ -229,7 +232,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def report_error(command: str, err: BaseException | str) -> int:
     """Print a user error as one line on stderr (``nashmoe <command>: error: ...``); returns the
     exit status of usage errors, 2."""
-    text = " ".join(str(err).split())
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror:  # not "[Errno 28] ..."
+        text = err.strerror
+        if err.filename is not None and os.fspath(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    text = " ".join(text.split())
     print(f"nashmoe {command}: error: {text}", file=sys.stderr)
     return 2
 

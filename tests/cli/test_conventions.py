@@ -213,7 +213,12 @@ def test_options_the_method_does_not_use_are_errors_before_any_work(
 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
 def test_usage_errors_are_one_line_with_status_2(command, capsys):
-    positional = ["run-dir"] if command in ("eval", "generate") else []
+    positional = {
+        "eval": ["run-dir"],
+        "generate": ["run-dir"],
+        "convert": ["src", "--method", "smoe", "--out", "dst"],
+        "upcycle": ["src", "--method", "smoe", "--out", "dst", "--num-experts", "4"],
+    }.get(command, [])
     with pytest.raises(SystemExit) as exc:
         main([command, *positional, "--no-such-option"])
     assert exc.value.code == 2

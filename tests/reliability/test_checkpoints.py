@@ -232,8 +232,11 @@ def test_disk_full_while_writing_keeps_latest_intact(tmp_path, monkeypatch):
 
 def test_legacy_checkpoints_without_manifest_load_with_a_warning(two_checkpoints):
     run, _ = two_checkpoints
-    for step in step_dirs(run):
+    for step in step_dirs(run):  # as an older nashmoe wrote them: no manifest, no format key
         (run / "checkpoints" / step / MANIFEST).unlink()
+        state = json.loads((run / "checkpoints" / step / STATE).read_text())
+        del state[ckpt_mod.FORMAT_KEY]
+        (run / "checkpoints" / step / STATE).write_text(json.dumps(state))
     with pytest.warns(CheckpointWarning, match="has no manifest.json"):
         ck = load_checkpoint(run, need_optimizer=True)
     assert ck.step == 4 and ck.optimizer_state() is not None

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         type=_base,
-        default=None,
-        help="base expert of the CAMEx family: shared (default where it fits), mean (default "
-        "otherwise), or an expert index",
+        default="auto",
+        help="base expert of the CAMEx family: shared, mean, an expert index, or auto (the "
+        "shared expert where it fits, else the mean)",
     )
     parser.add_argument(
         "--anchored",
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         from nashmoe.hf import convert
 
         extra = {"anchored": True} if args.anchored else {}
-        convert(model, args.method, base=args.base, **extra, **options)
+        convert(
+            model, args.method, base=None if args.base == "auto" else args.base, **extra, **options
+        )
         save(model, args.src, args.out)
         print(f"converted to {args.method}: {args.out}", file=sys.stderr)
         return 0

@@ -13,10 +13,8 @@ from nashmoe._cli_hf.common import add_common, check_out, load, parse_options, r
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--num-experts", type=positive_int, required=True, help="experts N")
-    parser.add_argument(
-        "--noise", type=nonneg_float, default=0.01, help="relative expert noise (default 0.01)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument("--noise", type=nonneg_float, default=0.01, help="relative expert noise")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
 
 
 def run(args: argparse.Namespace) -> int:

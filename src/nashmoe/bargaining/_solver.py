@@ -882,6 +882,8 @@ def nash_direction(vectors: Tensor, **kwargs) -> tuple[NashSolution, Tensor]:
             largest = work.detach().abs().amax(dim=(-1, -2), keepdim=True)
             exponent = torch.frexp(largest).exponent
             exponent = torch.where(torch.isfinite(largest), exponent, 0)
+            # entries near the dtype's largest number: 2^maxexp itself would overflow to inf
+            exponent = exponent.clamp(max=math.frexp(torch.finfo(work.dtype).max)[1] - 1)
             scale = torch.ldexp(torch.ones_like(largest), exponent)  # [..., 1, 1]
     unit = work / scale
     gram = unit @ unit.mT

@@ -220,7 +220,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = _defaults(args)
         if cfg["model"] == "cnn" or args.dataset != "hatespeech":
             _check_vision(args)
-    except (ValueError, ImportError) as err:
+        if args.out:  # checked before any work, not after training
+            from nashmoe.train.rundir import check_writable_dir
+
+            check_writable_dir(args.out, option="--out")
+    except (ValueError, OSError, ImportError) as err:
         return report_error("defer", err)
     threads = torch.get_num_threads()
     if args.threads:

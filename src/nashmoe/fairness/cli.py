@@ -122,7 +122,17 @@ def run(args: argparse.Namespace) -> int:
     from nashmoe.fairness.benchmark import TABLE_METRICS, run_benchmark, write_report
     from nashmoe.fairness.datasets import DATASETS, load_fair_dataset
     from nashmoe.fairness.trainer import config_for, train_fair
+    from nashmoe.train.distributed import resolve_device
+    from nashmoe.train.rundir import check_writable_dir
 
+    # environment errors before any work (one line, exit status 2)
+    try:
+        resolve_device(args.device)
+        out = args.out or ("runs/fair-bench" if args.benchmark else None)
+        if out is not None:
+            check_writable_dir(out, option="--out")
+    except (ValueError, OSError) as exc:
+        return report_error("fair", exc)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.benchmark:

@@ -13,7 +13,8 @@ processes (one thread each by default); step times are then measured under conte
 A run that diverges (a non-finite loss or gradient, :class:`~nashmoe.train.TrainingDiverged`)
 is recorded as diverged (step and reason) and left out of the table; the other runs go on, and
 ``results.json`` / ``results.md`` list the diverged ones. An ``out`` that already holds runs needs
-``resume`` (reuse and continue them) or ``overwrite`` (replace them).
+``resume`` (reuse and continue them) or ``overwrite`` (replace them); ``out/run.lock`` keeps a
+second comparison out of the same ``out`` while one runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,7 +37,12 @@ from nashmoe._argtypes import parse_seeds as _parse_seeds
 from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
-from nashmoe.train.checkpoint import read_json, write_json_atomic
+from nashmoe.train.checkpoint import (
+    CheckpointError,
+    CheckpointWarning,
+    read_json,
+    write_json_atomic,
+)
 from nashmoe.train.config import TrainConfig, options_for_method, unused_options
 from nashmoe.train.divergence import TrainingDiverged
 from nashmoe.train.loggers import read_metrics
@@ -46,7 +53,7 @@ from nashmoe.train.report import (
     summarize,
     verdict,
 )
-from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
+from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, git_state, train
 
 __all__ = [
@@ -168,8 +175,12 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
     run_dir = Path(config.out_dir)
     record_path = run_dir / "record.json"
     if resume and record_path.is_file():
-        record = read_json(record_path)
-        if record.get("config") == config.to_dict():
+        try:
+            record = read_json(record_path)
+        except CheckpointError as e:  # the run is resumed from its checkpoint instead
+            warnings.warn(f"{e}; the run is resumed instead", CheckpointWarning, stacklevel=2)
+            record = None
+        if isinstance(record, dict) and record.get("config") == config.to_dict():
             record["reused"] = True
             return record
     if config.threads is not None:
@@ -239,6 +250,46 @@ def compare(
         command: the command line, recorded in the outputs.
         log: where progress messages go.
     """
+    if resume and not overwrite:
+        names = [f"{m}-s{int(s)}" for s in seeds for m in parse_methods(methods)]
+        root = Path(out)
+        if not root.is_file() and not any(is_existing_run(root / "runs" / n) for n in names):
+            raise RunDirError(
+                f"--resume: nothing to resume in {out} (none of the runs is under "
+                f"{root / 'runs'}); start without --resume"
+            )
+    out = check_writable_dir(out, option="--out")
+    with RunLock(out):  # one comparison per --out at a time (results.json, --overwrite)
+        return _compare_locked(
+            base,
+            methods=methods,
+            seeds=seeds,
+            out=out,
+            jobs=jobs,
+            resume=resume,
+            overwrite=overwrite,
+            plots=plots,
+            model_overrides=model_overrides,
+            command=command,
+            log=log,
+        )
+
+
+def _compare_locked(
+    base: TrainConfig,
+    *,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    out: str | os.PathLike[str] = "runs/compare",
+    jobs: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    plots: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    command: str | None = None,
+    log=print,
+) -> CompareResult:
+    """:func:`compare` under the lock of ``out``."""
     methods = parse_methods(list(methods) if methods is not None else None)
     seeds = [int(s) for s in seeds]
     if jobs < 1:

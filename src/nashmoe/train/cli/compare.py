@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if not args.out.strip():
+            raise ValueError("--out is empty (an output directory is needed)")
         if args.resume and args.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         resolve_device(args.device)
