@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nashmoe._argtypes import HelpFormatter, add_seeds_argument
 from nashmoe.defer.experiments import (
     cifar10_synthetic_data,
     cifar_kmeans_features,
@@ -42,11 +43,11 @@ LABELS = {"ce": "CE", "ova": "OvA", "picce_ce": "PiCCE-CE", "picce_ova": "PiCCE-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/bench-defer")
     p.add_argument("--num-experts", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(p, default=3)
     p.add_argument(
         "--model",
         choices=["kmeans-mlp", "cnn"],
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true", help="skip runs already in results.json")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
+    p.add_argument("--no-plot", dest="no_plots", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -92,7 +94,9 @@ def summarise(runs: list[dict[str, Any]], losses: list[str], js: list[int]) -> d
             entry = {"n": len(rows)}
             for key in ("classifier_all_acc", "system_acc", "coverage"):
                 vals = np.array([r["test"][key] for r in rows], dtype=float)
-                entry[key] = [float(vals.mean()), float(vals.std())]
+                # sample std over seeds (ddof = 1); 0 for a single seed
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                entry[key] = [float(vals.mean()), std]
             table[f"{loss}/J={j}"] = entry
     return table
 
@@ -119,7 +123,20 @@ def print_table(table: dict[str, Any], losses: list[str], js: list[int]) -> str:
     return text
 
 
-def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) -> None:
+MODEL_TITLES = {
+    "kmeans-mlp": "MLP head on frozen k-means features",
+    "cnn": "SmallCNN trained end to end",
+}
+
+
+def plot(
+    table: dict[str, Any],
+    losses: list[str],
+    js: list[int],
+    path: Path,
+    *,
+    model: str = "kmeans-mlp",
+) -> None:
     try:
         import matplotlib
 
@@ -127,13 +144,16 @@ def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) ->
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover
         raise ImportError("plotting needs matplotlib: pip install 'nashmoe[plot]'") from err
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    from nashmoe.palette import color as method_color
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     styles = {
-        "ce": ("C0", "o", "--"),
-        "ova": ("C1", "s", "--"),
-        "picce_ce": ("C0", "o", "-"),
-        "picce_ova": ("C1", "s", "-"),
+        "ce": ("o", "--"),
+        "ova": ("s", "--"),
+        "picce_ce": ("o", "-"),
+        "picce_ova": ("s", "-"),
     }
+    seeds = max((e["n"] for e in table.values()), default=0)
     for ax, key, title in (
         (axes[0], "classifier_all_acc", "classifier accuracy"),
         (axes[1], "system_acc", "system accuracy"),
@@ -142,7 +162,8 @@ def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) ->
             pts = [(j, table[f"{loss}/J={j}"][key]) for j in js if f"{loss}/J={j}" in table]
             if not pts:
                 continue
-            color, marker, ls = styles[loss]
+            marker, ls = styles[loss]
+            color = method_color(loss)
             ax.errorbar(
                 [p[0] for p in pts],
                 [100 * p[1][0] for p in pts],
@@ -157,9 +178,14 @@ def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) ->
         ax.set_xticks(js, [str(j) for j in js])
         ax.set_xlabel("number of experts J")
         ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"CIFAR-10, J synthetic experts: {title}", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(
+        f"CIFAR-10, J synthetic experts, {MODEL_TITLES.get(model, model)}: mean ± sample std "
+        f"(ddof = 1) over {seeds} seed(s)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -167,6 +193,13 @@ def plot(table: dict[str, Any], losses: list[str], js: list[int], path: Path) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.no_plots:
+        from nashmoe._argtypes import check_installed, report_error
+
+        try:
+            check_installed("matplotlib", extra="plot", purpose="the plot", hint="or --no-plots")
+        except ImportError as err:
+            return report_error("bench_defer_sweep", err)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(payload, indent=1, default=float))
     (out / "table.txt").write_text(text + "\n")
     print(f"wrote {path}")
-    if not args.no_plot:
-        plot(table, args.losses, args.num_experts, out / "defer_sweep.png")
-        print(f"wrote {out / 'defer_sweep.png'}")
+    if not args.no_plots:
+        name = "defer_sweep_cnn.png" if cnn else "defer_sweep.png"
+        plot(table, args.losses, args.num_experts, out / name, model=args.model)
+        print(f"wrote {out / name}")
     total = time.perf_counter() - start
     print(f"total {total:.0f}s ({math.floor(total / 60)} min)")
     return 0

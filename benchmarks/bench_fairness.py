@@ -23,36 +23,40 @@ import sys
 import time
 from pathlib import Path
 
+from nashmoe._argtypes import HelpFormatter, add_seeds_argument
 from nashmoe.fairness.benchmark import BENCHMARK_TASKS, run_benchmark, write_report
 from nashmoe.fairness.trainer import METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--out", default="runs/bench-fairness")
     parser.add_argument("--tasks", default=",".join(BENCHMARK_TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    add_seeds_argument(parser, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="override every task's epochs")
     parser.add_argument("--meta-per-cell", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-resume", action="store_true")
-    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
+    parser.add_argument("--no-plot", dest="no_plots", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     results = run_benchmark(
         out_dir=args.out,
         tasks=[t for t in args.tasks.split(",") if t],
         methods=[m for m in args.methods.split(",") if m],
-        seeds=[int(s) for s in args.seeds.split(",") if s],
+        seeds=args.seeds,
         data_dir=args.data_dir,
         overrides={"epochs": args.epochs},
         meta_per_cell=args.meta_per_cell,
         jobs=args.jobs,
         resume=not args.no_resume,
     )
-    write_report(results, args.out, plot=not args.no_plot)
+    write_report(results, args.out, plot=not args.no_plots)
     print((Path(args.out) / "table.md").read_text())
     print(f"total wall time {time.perf_counter() - start:.0f}s; outputs in {args.out}")
     return 0

@@ -101,7 +101,7 @@ def train_one(method, options, corpus, *, seed, steps, batch, lr, preset) -> dic
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    valid = evaluate(model, corpus.valid, cfg.block_size, batch)
+    valid = evaluate(model, corpus.validation, cfg.block_size, batch)
     finite = [g for g in grads if not math.isnan(g)]
     return dict(
         valid_loss=valid,

@@ -14,7 +14,7 @@ gradients become exactly opposite (on the front), the solver reports INFEASIBLE 
 back to its last weights, which is counted.
 
     python examples/nash_mtl_toy.py               # writes runs/nash_mtl_toy/nash_mtl_toy.png
-    python examples/nash_mtl_toy.py --no-plot --steps 300
+    python examples/nash_mtl_toy.py --no-plots --steps 300
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--out", default="runs/nash_mtl_toy")
-    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plot")
+    parser.add_argument("--no-plot", dest="no_plots", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # Two-player problems: one thread avoids OpenMP wake-up stalls of tiny LAPACK calls.
     torch.set_num_threads(1)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{distance_to_front(final, front):9.1e} {run.stationarity:12.1e} "
                 f"{'yes' if stationary else 'no':>7} {run.fallbacks:9d}"
             )
-    if not args.no_plot:
+    if not args.no_plots:
         path = Path(args.out) / "nash_mtl_toy.png"
         plot(runs, front, path)
         print(f"wrote {path}")

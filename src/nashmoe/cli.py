@@ -13,18 +13,27 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from nashmoe._argtypes import HelpFormatter
 from nashmoe._version import __version__
 from nashmoe._warnings import NashmoeWarning
 
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("nashmoe.train.cli.compare", "the main job: train and compare every MoE method"),
+    "convert": (
+        "nashmoe._cli_hf.convert",
+        "replace the MoE blocks of a transformers checkpoint (Mixtral, Qwen-MoE, ...)",
+    ),
     "data": ("nashmoe.data._cli", "corpus split statistics: sizes, vocabulary, OOV rates"),
     "defer": ("nashmoe.defer.cli", "multi-expert learning to defer (PiCCE)"),
     "eval": ("nashmoe.train.cli.eval", "validation / test perplexity of a trained checkpoint"),
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
     "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
     "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
+    "upcycle": (
+        "nashmoe._cli_hf.upcycle",
+        "turn a dense transformers checkpoint (BERT, Llama, GPT-2) into a MoE model",
+    ),
     "vision": (
         "nashmoe.vision.cli",
         "MoE ViT on CIFAR-10: clean and corrupted (CIFAR-10-C) accuracy",
@@ -60,13 +69,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown subcommand {name!r} (choose from {', '.join(sorted(SUBCOMMANDS))})")
     module_name, help_ = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"nashmoe {name}", description=help_)
+    parser = argparse.ArgumentParser(
+        prog=f"nashmoe {name}",
+        description=(module.__doc__ or help_).strip(),
+        formatter_class=HelpFormatter,
+    )
+    parser.error = _one_line_error(parser)  # type: ignore[method-assign]
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     with warnings.catch_warnings():
         warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
         warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
         return int(module.run(args) or 0)
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    """``parser.error`` that prints the same one line as every other user error,
+    ``nashmoe <cmd>: error: ...``, and exits with status 2 (argparse would print the usage
+    first; ``--help`` shows it)."""
+
+    def error(message: str):
+        text = " ".join(message.split())
+        parser.exit(2, f"{parser.prog}: error: {text} (see {parser.prog} --help)\n")
+
+    return error
 
 
 def _one_line_warnings(command: str, default):

@@ -33,7 +33,7 @@ def test_cache_is_reused_not_retrained(tmp_path, monkeypatch, small_text):
         cached_bpe(small_text, corpus="shakespeare", vocab_size=301, cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="retrained"):
         cached_bpe(
-            small_text, corpus="shakespeare", split="valid", vocab_size=300, cache_dir=tmp_path
+            small_text, corpus="shakespeare", split="validation", vocab_size=300, cache_dir=tmp_path
         )
     with pytest.raises(AssertionError, match="retrained"):
         cached_bpe(small_text + "x", corpus="shakespeare", vocab_size=300, cache_dir=tmp_path)
@@ -64,7 +64,7 @@ def test_load_corpus_bpe_trains_on_train_split_and_reuses_cache(tmp_path, monkey
     (path,) = (tmp_path / "bpe").glob("shakespeare-train-v400-*.json")
     texts, _ = corpus_texts("shakespeare")
     assert train_bpe([texts["train"]], vocab_size=400).to_dict() == first.tokenizer.to_dict()
-    assert first.tokenizer.decode(first.valid) == texts["valid"]
+    assert first.tokenizer.decode(first.validation) == texts["validation"]
     mtime = path.stat().st_mtime_ns
     monkeypatch.setattr(_bpe, "train_bpe", _no_training)
     second = load_corpus("shakespeare", tokenizer="bpe", bpe_vocab_size=400)

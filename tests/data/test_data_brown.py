@@ -40,11 +40,11 @@ def _synthetic(genre: str, n: int, letter: str = "x") -> dict[str, str]:
 def test_split_rule_on_synthetic_genres():
     # n = 6: k = 1, the genre is one stretch: test = its last file, valid = the one before.
     a = brown_split(_synthetic("g", 6))
-    assert [a[f"cx{i:02d}"] for i in range(1, 7)] == ["train"] * 4 + ["valid", "test"]
+    assert [a[f"cx{i:02d}"] for i in range(1, 7)] == ["train"] * 4 + ["validation", "test"]
     # n = 44: k = 4 stretches of 11: test = indices 10, 21, 32, 43; valid = 9, 20, 31, 42.
     a = brown_split(_synthetic("g", 44))
-    by = {s: sorted(int(f[2:]) - 1 for f, v in a.items() if v == s) for s in ("valid", "test")}
-    assert by == {"valid": [9, 20, 31, 42], "test": [10, 21, 32, 43]}
+    by = {s: sorted(int(f[2:]) - 1 for f, v in a.items() if v == s) for s in ("validation", "test")}
+    assert by == {"validation": [9, 20, 31, 42], "test": [10, 21, 32, 43]}
     # n = 75: k = floor(7.5 + 0.5) = 8; test = floor((j+1)*75/8) - 1.
     a = brown_split(_synthetic("g", 75))
     test = sorted(int(f[2:]) - 1 for f, v in a.items() if v == "test")
@@ -53,7 +53,7 @@ def test_split_rule_on_synthetic_genres():
     two = {**_synthetic("g1", 9, "a"), **_synthetic("g2", 12, "b")}
     rev = dict(reversed(list(two.items())))
     assert brown_split(two) == brown_split(rev)
-    assert Counter(brown_split(two).values()) == {"train": 17, "valid": 2, "test": 2}
+    assert Counter(brown_split(two).values()) == {"train": 17, "validation": 2, "test": 2}
 
 
 def test_split_rule_needs_three_files_per_genre():
@@ -68,30 +68,37 @@ def test_split_is_deterministic_and_pinned(brown_texts, need_data):
     genres = {d.fileid: d.genre for d in docs}
     a1, a2 = brown_split(genres), brown_split(dict(sorted(genres.items(), reverse=True)))
     assert a1 == a2
-    summary = "".join(f"{f} {a1[f]}\n" for f in sorted(a1))
+    # pinned when the split was named "valid": the same assignment under the new name
+    old = {"validation": "valid"}
+    summary = "".join(f"{f} {old.get(a1[f], a1[f])}\n" for f in sorted(a1))
     assert hashlib.sha256(summary.encode()).hexdigest() == EXPECTED_ASSIGNMENT_SHA256
     # a few hand-checked files: news has 44 files, k = 4 -> valid ca10, test ca11, ...
     assert [a1[f] for f in ("ca01", "ca10", "ca11", "ca43", "ca44")] == [
         "train",
-        "valid",
+        "validation",
         "test",
-        "valid",
+        "validation",
         "test",
     ]
-    assert (a1["cm05"], a1["cm06"], a1["cr08"], a1["cr09"]) == ("valid", "test", "valid", "test")
+    assert (a1["cm05"], a1["cm06"], a1["cr08"], a1["cr09"]) == (
+        "validation",
+        "test",
+        "validation",
+        "test",
+    )
     # stratification: the counts per genre follow the rule, every genre is in every split
     assert set(genres.values()) == set(BROWN_GENRES)
     for genre, expected in EXPECTED_COUNTS.items():
         got = Counter(a1[f] for f, g in genres.items() if g == genre)
-        assert (got["train"], got["valid"], got["test"]) == expected, genre
+        assert (got["train"], got["validation"], got["test"]) == expected, genre
     _, details = brown_texts
     assert details["splits"]["train"]["files"] == 396
-    assert details["files"]["valid"] == sorted(f for f, s in a1.items() if s == "valid")
+    assert details["files"]["validation"] == sorted(f for f, s in a1.items() if s == "validation")
 
 
 def test_no_file_in_two_splits(brown_word):
     info = brown_word.info
-    valid, test = set(info["files"]["valid"]), set(info["files"]["test"])
+    valid, test = set(info["files"]["validation"]), set(info["files"]["test"])
     assert not valid & test
     assert len(valid) == len(test) == 52
     assert info["splits"]["train"]["files"] + len(valid) + len(test) == 500
@@ -109,14 +116,14 @@ def test_split_sizes_and_info(brown_word):
     }
     assert sizes == {
         "train": (396, 45_570, 920_444, 966_014),
-        "valid": (52, 6_008, 120_613, 126_621),
+        "validation": (52, 6_008, 120_613, 126_621),
         "test": (52, 5_762, 120_135, 125_897),
     }
     assert brown_word.train.numel() == 966_014
     assert sum(v["words"] for v in info["splits"].values()) == 1_161_192  # the whole corpus
-    assert info["oov_rate"]["valid"] == pytest.approx(0.0698, abs=1e-4)
+    assert info["oov_rate"]["validation"] == pytest.approx(0.0698, abs=1e-4)
     assert info["oov_rate"]["test"] == pytest.approx(0.0720, abs=1e-4)
-    for split in ("train", "valid", "test"):
+    for split in ("train", "validation", "test"):
         ids = brown_word.split(split)
         assert int((ids == brown_word.tokenizer.eos_id).sum()) == info["splits"][split]["sentences"]
 
@@ -148,17 +155,17 @@ def test_token_stream_is_the_normalised_text(brown_word, brown_texts):
     texts, _ = brown_texts
     tok = brown_word.tokenizer
     vocab = set(tok.words)
-    lines = texts["valid"].split("\n")[:500]
+    lines = texts["validation"].split("\n")[:500]
     expected = "".join(
         " ".join(w if w in vocab else "<unk>" for w in line.split(" ")) + "\n" for line in lines
     )
     n = sum(len(line.split(" ")) + 1 for line in lines)
-    assert tok.decode(brown_word.valid[:n]) == expected
+    assert tok.decode(brown_word.validation[:n]) == expected
 
 
 def test_bpe_line_batching_equals_whole_text(gpt2_tokenizer, brown_texts):
     texts, _ = brown_texts
-    part = "".join(texts["valid"].splitlines(keepends=True)[:2000])
+    part = "".join(texts["validation"].splitlines(keepends=True)[:2000])
     assert gpt2_tokenizer.encode_lines(part.splitlines(keepends=True)) == gpt2_tokenizer.encode(
         part
     )

@@ -36,16 +36,16 @@ def test_shakespeare_split_is_contiguous_disjoint_and_covering():
     for n in (1_115_394, 20, 21, 100, 1001):
         b = shakespeare_split_bounds(n)
         assert b["train"][0] == 0 and b["test"][1] == n
-        assert b["train"][1] == b["valid"][0] and b["valid"][1] == b["test"][0]
-        assert b["train"][1] == n * 9 // 10 and b["valid"][1] == n * 19 // 20
+        assert b["train"][1] == b["validation"][0] and b["validation"][1] == b["test"][0]
+        assert b["train"][1] == n * 9 // 10 and b["validation"][1] == n * 19 // 20
     assert shakespeare_split_bounds(1_115_394) == {
         "train": (0, 1_003_854),
-        "valid": (1_003_854, 1_059_624),
+        "validation": (1_003_854, 1_059_624),
         "test": (1_059_624, 1_115_394),
     }
     texts, details = corpus_texts("shakespeare")
-    assert "".join(texts[k] for k in ("train", "valid", "test")) == shakespeare_text()
-    assert details["splits"]["valid"]["range"] == [1_003_854, 1_059_624]
+    assert "".join(texts[k] for k in ("train", "validation", "test")) == shakespeare_text()
+    assert details["splits"]["validation"]["range"] == [1_003_854, 1_059_624]
 
 
 def test_default_corpus_needs_no_data_dir(monkeypatch, shakespeare_char):
@@ -57,13 +57,13 @@ def test_default_corpus_needs_no_data_dir(monkeypatch, shakespeare_char):
 
 def test_shakespeare_char_corpus(shakespeare_char):
     c = shakespeare_char
-    for split in (c.train, c.valid, c.test):
+    for split in (c.train, c.validation, c.test):
         assert split.dtype == torch.long and split.dim() == 1
-    assert (c.train.numel(), c.valid.numel(), c.test.numel()) == (1_003_854, 55_770, 55_770)
+    assert (c.train.numel(), c.validation.numel(), c.test.numel()) == (1_003_854, 55_770, 55_770)
     assert isinstance(c.tokenizer, CharTokenizer) and c.vocab_size == 66
     texts, _ = corpus_texts("shakespeare")
-    assert c.tokenizer.decode(c.valid) == texts["valid"]
-    assert c.info["oov_rate"] == {"train": 0.0, "valid": 0.0, "test": 0.0}
+    assert c.tokenizer.decode(c.validation) == texts["validation"]
+    assert c.info["oov_rate"] == {"train": 0.0, "validation": 0.0, "test": 0.0}
     info = json.loads(json.dumps(c.info))  # JSON-serialisable
     assert info["corpus"] == "shakespeare" and info["vocab_size"] == 66
     assert "90%" in info["split_rule"]
@@ -76,8 +76,8 @@ def test_shakespeare_word_corpus():
     assert isinstance(c.tokenizer, WordTokenizer) and c.info["min_freq"] == 3
     assert c.tokenizer.tokenize("First Citizen:\n") == ["First", "Citizen", ":", "<eos>"]
     texts, _ = corpus_texts("shakespeare")
-    assert int((c.valid == c.tokenizer.eos_id).sum()) == texts["valid"].count("\n")
-    assert 0.0 < c.info["oov_rate"]["valid"] < 0.2
+    assert int((c.validation == c.tokenizer.eos_id).sum()) == texts["validation"].count("\n")
+    assert 0.0 < c.info["oov_rate"]["validation"] < 0.2
 
 
 def test_tokenizer_object_is_used_as_given(shakespeare_char):
@@ -90,7 +90,7 @@ def test_tokenizer_object_is_used_as_given(shakespeare_char):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "wikitext"}, r"unknown corpus 'wikitext' \(choose from shakespeare, brown\)"),
+        ({"name": "wikitext"}, r"unknown corpus 'wikitext' \(choose from shakespeare, brown, or"),
         ({"tokenizer": "sentencepiece"}, r"unknown tokenizer 'sentencepiece' \(choose from char"),
         ({"tokenizer": 3}, "tokenizer must be a name"),
         ({"tokenizer": "word", "min_freq": 0}, "min_freq must be a positive integer"),
@@ -103,7 +103,10 @@ def test_bad_options(kwargs, match):
 
 
 def test_split_accessor(shakespeare_char):
-    assert shakespeare_char.split("valid") is shakespeare_char.valid
+    assert shakespeare_char.split("validation") is shakespeare_char.validation
+    assert shakespeare_char.split("valid") is shakespeare_char.validation  # the old name
+    with pytest.warns(DeprecationWarning, match="Corpus.valid"):
+        assert shakespeare_char.valid is shakespeare_char.validation
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         shakespeare_char.split("dev")
 

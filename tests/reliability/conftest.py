@@ -22,9 +22,12 @@ from train.conftest import (  # noqa: F401  (fixtures re-exported for this folde
 )
 
 SETS = [x for k, v in TINY_MODEL.items() for x in ("--set", f"{k}={v}")]
+#: dense and smoe do not use segment_len (passing it is an error)
+SETS_DENSE = [x for k, v in TINY_MODEL.items() if k != "segment_len" for x in ("--set", f"{k}={v}")]
 #: A very small `nashmoe train` / `compare` budget (a few seconds).
 QUICK = ["--steps", "4", "--batch-size", "4", "--log-interval", "1", "--tensorboard", "off",
          "--no-progress", "--threads", "1", "--eval-batch-size", "256", *SETS]  # fmt: skip
+QUICK_DENSE = [*QUICK[: -len(SETS)], *SETS_DENSE]
 
 
 def step_dirs(run: Path) -> list[str]:
@@ -62,7 +65,7 @@ def trained_run(tmp_path_factory) -> Path:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["train", "--method", "dense", "--out", str(run), *QUICK]) == 0
+        assert main(["train", "--method", "dense", "--out", str(run), *QUICK_DENSE]) == 0
     finally:
         torch.set_num_threads(before)
     return run

@@ -39,7 +39,7 @@ def test_zeros_in_the_model_file_fall_back_to_the_previous_checkpoint(two_checkp
     with pytest.warns(CheckpointWarning, match=r"step-00000004/model\.safetensors is damaged"):
         ck = load_checkpoint(run)
     assert ck.step == 2
-    assert main(["eval", str(run), "--weights", "last", "--split", "valid"]) == 0
+    assert main(["eval", str(run), "--weights", "last", "--split", "validation"]) == 0
     captured = capsys.readouterr()
     assert "nashmoe eval: warning: skipped damaged checkpoint data" in captured.err
     assert "step-00000004/model.safetensors is damaged" in captured.err
@@ -132,9 +132,9 @@ def test_cli_resume_without_optimizer_names_the_option(two_checkpoints, capsys):
     run, _ = two_checkpoints
     for step in ("step-00000002", "step-00000004"):
         (run / "checkpoints" / step / OPTIMIZER).unlink()
-    from .conftest import QUICK
+    from .conftest import QUICK_DENSE
 
-    argv = ["train", "--method", "dense", "--out", str(run), "--resume", *QUICK]
+    argv = ["train", "--method", "dense", "--out", str(run), "--resume", *QUICK_DENSE]
     argv[argv.index("--steps") + 1] = "6"
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -183,7 +183,7 @@ def test_eval_of_non_finite_weights_is_an_error(two_checkpoints, capsys):
         tensors["wte.weight"] = tensors["lm_head.weight"]
         save_tensors(ckpt / name, tensors)
         rewrite_manifest(ckpt, name)  # as an older nashmoe (no finiteness check) left it
-    assert main(["eval", str(run), "--split", "valid"]) == 2
+    assert main(["eval", str(run), "--split", "validation"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nashmoe eval: error: ")
     assert re.search(r"best_model\.safetensors: tensor '(lm_head|wte)\.weight' holds NaN", err)
@@ -232,8 +232,11 @@ def test_disk_full_while_writing_keeps_latest_intact(tmp_path, monkeypatch):
 
 def test_legacy_checkpoints_without_manifest_load_with_a_warning(two_checkpoints):
     run, _ = two_checkpoints
-    for step in step_dirs(run):
+    for step in step_dirs(run):  # as an older nashmoe wrote them: no manifest, no format key
         (run / "checkpoints" / step / MANIFEST).unlink()
+        state = json.loads((run / "checkpoints" / step / STATE).read_text())
+        del state[ckpt_mod.FORMAT_KEY]
+        (run / "checkpoints" / step / STATE).write_text(json.dumps(state))
     with pytest.warns(CheckpointWarning, match="has no manifest.json"):
         ck = load_checkpoint(run, need_optimizer=True)
     assert ck.step == 4 and ck.optimizer_state() is not None

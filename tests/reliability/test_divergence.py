@@ -14,7 +14,7 @@ from nashmoe.cli import main
 from nashmoe.train import compare, load_checkpoint, train
 from nashmoe.train.divergence import TrainingDiverged
 
-from .conftest import QUICK, step_dirs, tiny_config
+from .conftest import QUICK, QUICK_DENSE, step_dirs, tiny_config
 
 compare_mod = importlib.import_module("nashmoe.train.compare")  # the package exports compare()
 
@@ -138,7 +138,7 @@ def test_under_torchrun_every_rank_stops_and_a_locked_out_does_not_hang(tmp_path
 
     run = tmp_path / "ddp"
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "nashmoe.cli", "train", "--method", "dense", "--out", str(run), *QUICK,
+            "-m", "nashmoe.cli", "train", "--method", "dense", "--out", str(run), *QUICK_DENSE,
             "--batch-size", "8"]  # fmt: skip
     base[base.index("--steps") + 1] = "20"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,7 +17,7 @@ from nashmoe.cli import main
 from nashmoe.train import checkpoint as ckpt_mod
 from nashmoe.train import load_checkpoint
 
-from .conftest import QUICK
+from .conftest import QUICK, QUICK_DENSE
 
 eval_cli = importlib.import_module("nashmoe.train.cli.eval")
 
@@ -70,7 +70,7 @@ def test_disk_full_while_checkpointing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ckpt_mod, "save_tensors", fills_up)
     run = tmp_path / "run"
     assert main(["train", "--method", "dense", "--out", str(run), "--ckpt-interval", "2",
-                 *QUICK]) == 2  # fmt: skip
+                 *QUICK_DENSE]) == 2  # fmt: skip
     err = _one_line_error(capsys, "train")
     assert "cannot write checkpoint" in err and "step-00000004" in err
     assert "No space left on device" in err

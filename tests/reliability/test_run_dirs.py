@@ -18,7 +18,7 @@ from nashmoe.train import compare, load_checkpoint, save_checkpoint, train
 from nashmoe.train._process import hostname
 from nashmoe.train.rundir import LOCK, RunDirError, RunLock
 
-from .conftest import QUICK, sha256, step_dirs, tiny_config
+from .conftest import QUICK, QUICK_DENSE, sha256, step_dirs, tiny_config
 
 
 def _dead_pid() -> int:
@@ -32,7 +32,7 @@ def test_a_new_run_over_an_existing_one_is_an_error(two_checkpoints, small_corpu
     before = {p: sha256(p) for p in run.rglob("*") if p.is_file()}
     with pytest.raises(RunDirError, match=r"already holds a run; pass --resume .* --overwrite"):
         train(config, corpus=small_corpus)
-    assert main(["train", "--method", "dense", "--out", str(run), *QUICK]) == 2
+    assert main(["train", "--method", "dense", "--out", str(run), *QUICK_DENSE]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"nashmoe train: error: --out {run} already holds a run")
     assert {p: sha256(p) for p in run.rglob("*") if p.is_file()} == before  # untouched
@@ -93,7 +93,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, small_corpus, content, monkeypatch
 
 def test_two_trainings_on_one_out_at_once(tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--method", "dense", "--out", str(run), *QUICK]
+    argv = ["train", "--method", "dense", "--out", str(run), *QUICK_DENSE]
     argv[argv.index("--steps") + 1] = "40"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(

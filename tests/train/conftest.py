@@ -7,6 +7,7 @@ import torch
 
 from nashmoe.data import Corpus, load_corpus
 from nashmoe.train import TrainConfig
+from nashmoe.train.config import options_for_method
 
 #: A model small enough for many short trainings on a 2-core CPU.
 TINY_MODEL = {
@@ -41,7 +42,7 @@ def small_corpus(full_corpus: Corpus) -> Corpus:
     return Corpus(
         name=c.name,
         train=c.train[:20000].clone(),
-        valid=c.valid[:2001].clone(),
+        validation=c.validation[:2001].clone(),
         test=c.test[:1500].clone(),
         tokenizer=c.tokenizer,
         info=dict(c.info),
@@ -64,4 +65,6 @@ def tiny_config(out_dir, **overrides) -> TrainConfig:
         model=model,
     )
     kw.update(overrides)
+    # the shared tiny shape sets segment_len, which dense and smoe do not use (an error there)
+    kw["model"] = options_for_method(kw["model"], kw["method"])
     return TrainConfig(**kw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nashmoe.train import TrainConfig, build_model_config, parse_model_overrides
+from nashmoe.train.compare import check_options_used
+from nashmoe.train.config import options_for_method
 
 
 def test_defaults_are_resolved():
@@ -49,9 +51,44 @@ def test_bad_settings_name_the_problem(kwargs, message):
         TrainConfig(**kwargs)
 
 
-def test_segment_length_need_not_divide_for_token_routed_methods():
-    TrainConfig(method="smoe", model={"segment_len": 48})
-    TrainConfig(method="dense", model={"segment_len": 48})
+@pytest.mark.parametrize(
+    ("method", "model", "message"),
+    [
+        ("smoe", {"moe_options": {"gamma": 0.5}}, "method 'smoe' does not use gamma"),
+        ("smoe", {"segment_len": 48}, "method 'smoe' does not use segment_len"),
+        ("dense", {"num_experts": 8}, "method 'dense' does not use num_experts"),
+        ("dense", {"moe_options": {"eta": 1.0}}, "dense has no MoE layer"),
+        ("camex", {"moe_options": {"gamma": 0.5}}, "method 'camex' does not use gamma"),
+        ("namex", {"top_k": 1}, "method 'namex' does not use top_k"),
+        ("ep-camex", {"moe_options": {"nash_max_iter": 3}}, "does not use nash_max_iter"),
+    ],
+)
+def test_options_the_method_does_not_use_are_errors(method, model, message):
+    # never accepted, recorded and ignored (MoEConfig raises for the same thing)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(method=method, model=model)
+
+
+def test_options_the_method_uses_are_applied():
+    cfg = TrainConfig(method="namex", model={"moe_options": {"gamma": 0.5}, "segment_len": 16})
+    assert build_model_config(cfg, vocab_size=5).moe_config(0).gamma == 0.5
+    assert TrainConfig(method="smoe", model={"top_k": 1}).model == {"top_k": 1}
+
+
+def test_compare_applies_an_option_to_the_methods_that_use_it():
+    model = {"moe_options": {"gamma": 0.5}, "top_k": 1}
+    assert options_for_method(model, "namex") == {"moe_options": {"gamma": 0.5}}
+    assert options_for_method(model, "smoe") == {"top_k": 1}
+    assert options_for_method(model, "dense") == {}
+    assert check_options_used(model, ["smoe", "namex"]) == {"top_k": ["smoe"], "gamma": ["namex"]}
+    with pytest.raises(ValueError, match=r"no method of this comparison .* uses gamma"):
+        check_options_used(model, ["smoe", "dense"])
+
+
+def test_old_configs_with_ignored_options_stay_readable():
+    old = TrainConfig(method="smoe").to_dict()
+    old["model"] = {"segment_len": 48, "moe_options": {"gamma": 0.5}}  # ignored by smoe before
+    assert TrainConfig.from_dict(old).model == {}
 
 
 def test_overrides_are_typed_like_their_fields():

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from nashmoe.train import load_checkpoint, read_metrics, train
+from nashmoe.train.config import options_for_method
 
 from .conftest import TINY_MODEL, tiny_config
 
@@ -28,7 +29,8 @@ from .conftest import TINY_MODEL, tiny_config
     [("namex-full-mom", "ddp"), ("smoe", "ddp"), ("namex-full-mom", "fsdp")],
 )
 def test_two_processes_match_one(tmp_path, full_corpus, method, strategy):
-    sets = [x for k, v in TINY_MODEL.items() for x in ("--set", f"{k}={v}")]
+    model = options_for_method(TINY_MODEL, method)  # smoe does not use segment_len
+    sets = [x for k, v in model.items() for x in ("--set", f"{k}={v}")]
     args = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "nashmoe.cli", "train", "--method", method, "--steps", "4", "--batch-size", "8",
@@ -48,7 +50,7 @@ def test_two_processes_match_one(tmp_path, full_corpus, method, strategy):
     assert ddp["step"] == one["step"]
     assert ddp["train/loss"][:4] == pytest.approx(one["train/loss"][:4], rel=1e-6)
     assert ddp["train/aux_loss"][:4] == pytest.approx(one["train/aux_loss"][:4], rel=1e-5)
-    assert ddp["val/loss"][3] == pytest.approx(one["val/loss"][3], rel=1e-7)
+    assert ddp["validation/loss"][3] == pytest.approx(one["validation/loss"][3], rel=1e-7)
     assert ddp["test/loss"][4] == pytest.approx(single.test["loss"], rel=1e-7)
     a = load_checkpoint(tmp_path / "ddp").model_state()
     b = load_checkpoint(tmp_path / "one").model_state()

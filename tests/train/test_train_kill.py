@@ -55,7 +55,7 @@ def test_killed_run_resumes_exactly(tmp_path, capsys):
     capsys.readouterr()
     a, b = read_metrics(tmp_path / "whole"), read_metrics(run)
     assert a["step"] == b["step"] and len(a["step"]) == 25  # 24 logged steps + the test row
-    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "val/loss", "test/loss"):
+    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "validation/loss", "test/loss"):
         assert a[key] == b[key], key
     sa = load_checkpoint(tmp_path / "whole").model_state()
     sb = load_checkpoint(run).model_state()

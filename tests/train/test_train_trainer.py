@@ -32,12 +32,12 @@ def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corp
     assert config["model"]["n_layer"] == 2 and config["model"]["vocab_size"] == 66
     assert config["params"] == result.params
     cols = read_metrics(run)
-    val_steps = [s for s, v in zip(cols["step"], cols["val/loss"]) if v is not None]
+    val_steps = [s for s, v in zip(cols["step"], cols["validation/loss"]) if v is not None]
     assert val_steps == [3, 6, 9, 12]
-    vals = [v for v in cols["val/loss"] if v is not None]
+    vals = [v for v in cols["validation/loss"] if v is not None]
     assert result.best_step == val_steps[vals.index(min(vals))]
-    assert result.valid["loss"] == pytest.approx(min(vals), abs=0)
-    assert result.final_valid["loss"] == pytest.approx(vals[-1], abs=0)
+    assert result.validation["loss"] == pytest.approx(min(vals), abs=0)
+    assert result.final_validation["loss"] == pytest.approx(vals[-1], abs=0)
     assert result.best_step < 12, "expected the overfitting run to select an earlier step"
     # test was evaluated once, on the selected weights
     loaded = load_model(run, weights="best")
@@ -46,7 +46,7 @@ def test_a_run_writes_its_outputs_and_selects_on_validation(tmp_path, small_corp
     assert again["loss"] == pytest.approx(result.test["loss"], rel=1e-6)
     last = load_model(run, weights="last")
     assert last.step == 12
-    assert evaluate(last.model, small_corpus.valid, block_size=32)["loss"] == pytest.approx(
+    assert evaluate(last.model, small_corpus.validation, block_size=32)["loss"] == pytest.approx(
         vals[-1], rel=1e-6
     )
     saved = json.loads((run / "result.json").read_text())
@@ -93,7 +93,7 @@ def test_resume_after_a_crash_is_exact(tmp_path, small_corpus, method, model):
 
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert a["step"] == b["step"]
-    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "val/loss", "test/loss"):
+    for key in ("train/loss", "train/aux_loss", "train/grad_norm", "validation/loss", "test/loss"):
         assert a[key] == b[key], key
     sa, sb = load_checkpoint(tmp_path / "a").model_state(), load_checkpoint(tmp_path / "b")
     sb = sb.model_state()
@@ -138,7 +138,7 @@ def test_evaluation_is_exact(small_corpus, block_size):
             block_size=block_size,
         )
     ).eval()
-    data = small_corpus.valid[:301]
+    data = small_corpus.validation[:301]
     got = evaluate(model, data, block_size=block_size, batch_size=5)
     # naive reference: every target once, in order; context = its evaluation block
     total, count = 0.0, 0
@@ -166,3 +166,30 @@ def test_base_gradient_norm_logged_where_there_is_a_base(tmp_path, small_corpus,
     if method == "namex":  # α solved at the first MoE layer only, reused by the second
         assert result.nash["solves"] == 2
         assert cols["alpha/l0/e0"] == cols["alpha/l1/e0"]
+
+
+def test_the_trainer_is_a_loop_of_named_steps(tmp_path, small_corpus):
+    """``Trainer.fit`` runs setup, train_step, evaluate, log, save_checkpoint and finish; a
+    subclass can override a step, and the numbers equal those of ``train``."""
+    from nashmoe.train import Trainer
+
+    calls: list[tuple[str, int]] = []
+
+    class Recording(Trainer):
+        def evaluate(self, done):
+            calls.append(("evaluate", done))
+            return {**super().evaluate(done), "custom/metric": float(done)}
+
+        def save_checkpoint(self, done):
+            calls.append(("save_checkpoint", done))
+            super().save_checkpoint(done)
+
+    config = tiny_config(tmp_path / "a", steps=4, eval_interval=2, ckpt_interval=2)
+    result = Recording(config, corpus=small_corpus).fit()
+    assert calls == [("evaluate", 2), ("save_checkpoint", 2), ("evaluate", 4),
+                     ("save_checkpoint", 4)]  # fmt: skip
+    cols = read_metrics(tmp_path / "a" / "metrics.csv")
+    assert [v for v in cols["custom/metric"] if v is not None] == [2.0, 4.0]
+    plain = train(tiny_config(tmp_path / "b", steps=4, eval_interval=2, ckpt_interval=2),
+                  corpus=small_corpus)  # fmt: skip
+    assert plain.test == result.test and plain.validation == result.validation

@@ -35,7 +35,12 @@ Failure modes are reported, never hidden (:class:`NashStatus`): a zero player is
 problem whose iterates run off to infinity, or that no iterate certifies as feasible within
 ``max_iter`` (certificates: a Newton decrement below 1, or an iterate whose direction improves
 every player), is INFEASIBLE; both get uniform weights. A certified problem that runs out of
-iterations is NOT_CONVERGED and keeps its last iterate.
+iterations is NOT_CONVERGED and keeps its last iterate. Nothing is certified below the precision
+of the Gram matrix as given (the resolution rule, :func:`_resolution`): a Nash point, or a
+not-converged witness, must improve every player by more than the errors of the Gram entries
+can move that improvement, else the problem is INFEASIBLE. This is what keeps float32 domain
+vectors that sum to zero (experts minus their mean) from getting a direction made of rounding
+noise.
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ _STEP_GRID = (1.0, 0.5, 0.25, 0.0625, 2.0, 8.0, 64.0)
 # opposite players whose cosine is off by one ulp has β = 1/√eps).
 _RIDGE_CAP = 8.0
 _EPS_CAP = 0.25
+# Relative error of a Gram entry, as ulps of the dtype it was accumulated in (float32 at least):
+# |δK_ij| <= _GRAM_ULPS · eps · √(K_ii K_jj). One ulp is the rounding of the entry itself (or of
+# the vectors it came from); the rest covers the accumulation over the vectors' length P, which
+# the solver does not know: blocked BLAS kernels measure 1–50 ulps per entry for P from 1e3 to
+# 8e6 (a naive loop can do far worse, but then the Gram matrix is visibly indefinite and the
+# problem fails anyway). Entries stored in half precision are taken at one ulp of their dtype
+# (they are rounded float32 sums). See _gram_error and the resolution rule in nash_bargaining.
+_GRAM_ULPS = 16
 # Newton decrement below which a non-converged problem counts as certified feasible (< 1 in
 # exact arithmetic; a margin for rounding). The other certificate is an improving iterate.
 _CERTIFIED_DECREMENT = 0.9
@@ -88,8 +101,9 @@ class NashStatus(enum.IntEnum):
     """Converged: the relative residual is at most ``tol``."""
     NOT_CONVERGED = 1
     """A Nash point exists but ``max_iter`` iterations did not reach ``tol``. Existence is
-    certified, either by the last iterate itself (K α > 0: it improves every player) or by a
-    Newton decrement below 1 (which proves that f has a minimiser). α is the last iterate:
+    certified, either by the last iterate itself (K α > 0 beyond the error of the Gram entries:
+    it improves every player) or by a Newton decrement below 1 (which proves that f has a
+    minimiser), and the iterate is within the resolution rule. α is the last iterate:
     positive and finite, with the reported residual."""
     DEGENERATE = 2
     """Some player's vector is (numerically) zero, e.g. experts upcycled from one dense FFN, or
@@ -97,8 +111,10 @@ class NashStatus(enum.IntEnum):
     INFEASIBLE = 3
     """No direction improves every player (e.g. g₂ = −g₁, or three vectors at 120°): f is
     unbounded below and the iterates run off to infinity. Reported when α_i‖g_i‖ exceeds what the
-    working precision (or the ridge) resolves, or when ``max_iter`` iterations could not certify
-    that a Nash point exists. α is uniform 1/N."""
+    working precision (or the ridge) resolves, when the improvement 1/α_i of some player is
+    within the error of the Gram entries (see :func:`nash_bargaining`, statuses; e.g. float32
+    vectors that sum to zero), or when ``max_iter`` iterations could not certify that a Nash
+    point exists. α is uniform 1/N."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +237,15 @@ def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.d
     return torch.float64
 
 
+def _gram_error(dtype: torch.dtype) -> float:
+    """Relative error bound of the entries of a Gram matrix given in ``dtype`` (see _GRAM_ULPS):
+    ``max(eps(dtype), _GRAM_ULPS · eps(accumulation dtype))``, the accumulation dtype being
+    ``dtype`` or float32, whichever is wider."""
+    eps = torch.finfo(dtype).eps
+    accumulation = torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+    return max(eps, _GRAM_ULPS * accumulation)
+
+
 @functools.lru_cache(maxsize=16)
 def _step_grid(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(_STEP_GRID, dtype=dtype, device=device)
@@ -262,8 +287,12 @@ def _solve(
     init: Tensor | None,
     ridge: float,
     cdtype: torch.dtype,
+    gram_error: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Core Newton iteration; returns (alpha, residual, iterations, status) in ``cdtype``.
+
+    ``gram_error`` is the relative error of the Gram entries (default: :func:`_gram_error` of
+    ``gram.dtype``); solutions it cannot resolve are ``INFEASIBLE`` (see :func:`_resolution`).
 
     Works on the flattened batch ``[B, N, N]`` with column vectors ``[B, N, 1]`` (``bmm`` is the
     cheapest batched product). At these sizes the time goes into per-operation overhead, so each
@@ -310,6 +339,7 @@ def _solve(
     # unit player vectors). Beyond this cap the margin is below what the precision of K̂, or the
     # ridge, resolves: the problem is numerically infeasible (the iterates run off to infinity).
     cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(finfo.eps))
+    gram_error, resolve = _resolution(gram, gram_error, n, cap)
     rel_norm = sqrt_diag / sqrt_diag.amax(1, keepdim=True)  # ‖g_i‖ / max_j ‖g_j‖
     # (Dynamo warns about lru_cache-wrapped calls: build the grid afresh when tracing.)
     compiling = torch.compiler.is_compiling()
@@ -331,7 +361,11 @@ def _solve(
         w = rel_norm / beta
         res = (rhs * w).norm(dim=1, keepdim=True) / w.norm(dim=1, keepdim=True)
         beta_now = beta.amax(1, keepdim=True)
-        active = (res > tol) & (beta_now <= cap)  # [B, 1, 1]
+        if resolve is None:
+            resolved = beta_now <= cap  # [B, 1, 1]
+        else:
+            resolved = (beta_now <= cap) & (beta_now * beta.sum(1, keepdim=True) <= resolve)
+        active = (res > tol) & resolved
         if it == max_iter or (not sync_free and not bool(active.any())):
             break
         it += 1
@@ -346,7 +380,8 @@ def _solve(
         # λ² = rhsᵀy (of the ridged system).
         d = beta * y  # the Newton direction in β
         lam2 = torch.bmm(rhs.mT, y)  # [B, 1, 1]
-        if not sync_free and bool((lam2 < _QUADRATIC_REGION**2).all()):
+        quadratic = (lam2 >= 0) & (lam2 < _QUADRATIC_REGION**2)  # λ² < 0: M not PD
+        if not sync_free and bool(quadratic.all()):
             # Every problem is in Newton's quadratic region (λ < 1/4): the full step keeps α > 0
             # (‖y‖∞ <= λ since M >= I) and is what the line search would pick. CPU only: on
             # CUDA the test would synchronise.
@@ -366,7 +401,7 @@ def _solve(
         iterations += active
 
     res = res[:, 0, 0]
-    diverged = ok & (beta_now[:, 0, 0] > cap)
+    diverged = ok & ~resolved[:, 0, 0]
     converged = ok & ~diverged & (res <= tol)
     alpha = beta / sqrt_diag
     status = torch.zeros_like(iterations)  # NashStatus.OK
@@ -382,6 +417,7 @@ def _solve(
             lam2=lam2,
             beta_max=beta_max,
             ridge=ridge,
+            gram_error=gram_error,
             k_hat=k_hat,
             sqrt_diag=sqrt_diag,
             sync_free=sync_free,
@@ -406,6 +442,7 @@ def _classify(
     lam2: Tensor,
     beta_max: Tensor,
     ridge: float,
+    gram_error: float,
     k_hat: Tensor,
     sqrt_diag: Tensor,
     sync_free: bool,
@@ -418,11 +455,14 @@ def _classify(
     # ridge shrinks the computed λ² by at most 1 + ridge·max β², and rounding in B K̂ B by
     # about 1 + N·eps·max β² <= 1 + ridge·max β²; (1 + 4·ridge·max β²)² bounds both.
     slack = torch.addcmul(torch.ones_like(beta_max), beta_max, beta_max, value=4 * ridge).square()
-    certified = slack * lam2 < _CERTIFIED_DECREMENT**2
+    # (λ² < 0 only if rounding made the Newton matrix indefinite: no certificate.)
+    certified = (lam2 >= 0) & (slack * lam2 < _CERTIFIED_DECREMENT**2)
     # Or a witness: the current direction Δ = Σ β_i ĝ_i improves every player, (K̂β)_i > 0 beyond
-    # its rounding error (N·eps·Σ_j β_j per entry), which Gordan's alternative rules out for an
-    # infeasible problem.
-    witness = (b_kb - (4 * n * eps) * beta * beta.sum(1, keepdim=True)).amin(1, keepdim=True) > 0
+    # its error, which Gordan's alternative rules out for an infeasible problem: rounding in the
+    # product (N·eps·Σ_j β_j per entry) or the error of the Gram entries themselves
+    # (gram_error·Σ_j β_j), whichever is larger.
+    error = max(4 * n * eps, gram_error)
+    witness = (b_kb - error * beta * beta.sum(1, keepdim=True)).amin(1, keepdim=True) > 0
     certified = (certified | witness)[:, 0, 0]
     infeasible = ok & ~converged & (diverged | ~certified)
     status = torch.full_like(converged, NashStatus.NOT_CONVERGED, dtype=torch.int64)
@@ -437,6 +477,25 @@ def _classify(
         res = torch.where(infeasible, res_uniform, res)
     res = torch.where(ok, res, math.nan)
     return status, alpha, res
+
+
+def _resolution(
+    gram: Tensor, gram_error: float | None, n: int, cap: float
+) -> tuple[float, float | None]:
+    """The resolution rule: ``(gram_error, resolve)``.
+
+    At a Nash point d = Σ_j α_j g_j improves player i by ⟨g_i, d⟩ = (Kα)_i = 1/α_i, while errors
+    |δK_ij| <= e·√(K_ii K_jj) in the Gram entries (e = ``gram_error``, default
+    :func:`_gram_error` of the dtype of ``gram`` as given) move (Kα)_i by up to
+    e·‖g_i‖·Σ_j α_j‖g_j‖. The improvement is resolved only if it exceeds that, i.e. with
+    β = α ⊙ ‖g‖: β_i · Σ_j β_j < 1/e for every i, i.e. max β · Σ β <= resolve = 1/e; beyond it
+    the problem is numerically infeasible. ``resolve`` is None where it cannot bind before the
+    cap on max β (N · cap² <= 1/e: float64 Gram matrices with the default ridge).
+    """
+    if gram_error is None:
+        gram_error = _gram_error(gram.dtype)
+    resolve = 1.0 / gram_error
+    return gram_error, (resolve if n * cap * cap > resolve else None)
 
 
 def _use_small_path(gram: Tensor) -> bool:
@@ -458,6 +517,7 @@ def _solve_small(
     init: Tensor | None,
     ridge: float,
     cdtype: torch.dtype,
+    gram_error: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_solve` for small problems on the CPU, in numpy (same iteration, same statuses).
 
@@ -501,6 +561,7 @@ def _solve_small(
         beta = _start_small(k_hat, beta, sweeps=sweeps, tiny=tiny)
 
         cap = min(_RIDGE_CAP / math.sqrt(ridge), _EPS_CAP / math.sqrt(eps))
+        gram_error, resolve = _resolution(gram, gram_error, n, cap)
         rel_norm = sqrt_diag / sqrt_diag.max(1, keepdims=True) if n else sqrt_diag
         grid = np.asarray(_STEP_GRID, dtype=npdt)
         rows = np.arange(b)
@@ -516,7 +577,11 @@ def _solve_small(
             r = rhs * w
             res = np.sqrt((r * r).sum(1) / (w * w).sum(1))
             beta_now = beta.max(1)
-            active = (res > tol) & (beta_now <= cap)
+            if resolve is None:
+                resolved = beta_now <= cap
+            else:
+                resolved = (beta_now <= cap) & (beta_now * beta.sum(1) <= resolve)
+            active = (res > tol) & resolved
             if it == max_iter or not active.any():
                 break
             it += 1
@@ -526,14 +591,20 @@ def _solve_small(
                 y = np.linalg.solve(m, rhs[:, :, None])[:, :, 0]
             except np.linalg.LinAlgError:
                 return _solve(
-                    gram, max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
+                    gram,
+                    max_iter=max_iter,
+                    tol=tol,
+                    init=init,
+                    ridge=ridge,
+                    cdtype=cdtype,
+                    gram_error=gram_error,
                 )
             finite = np.isfinite(y)
             if not finite.all():  # overflow in a far-off problem: it stays where it is
                 y = np.where(finite, y, 0.0)
             d = beta * y
             lam2 = (rhs * y).sum(1)
-            if (lam2 < _QUADRATIC_REGION**2).all():
+            if ((lam2 >= 0) & (lam2 < _QUADRATIC_REGION**2)).all():  # λ² < 0: M not PD
                 step = active.astype(npdt)
             else:
                 slope = (b_kb * y).sum(1)
@@ -546,14 +617,14 @@ def _solve_small(
             beta = beta + d * step[:, None]
             iterations += active
 
-        diverged = ok & (beta_now > cap)
+        diverged = ok & ~resolved
         converged = ok & ~diverged & (res <= tol)
         alpha = beta / sqrt_diag
         status = np.zeros(b, dtype=np.int64)  # NashStatus.OK
         if not converged.all():
             slack = np.square(1.0 + (4 * ridge) * beta_max * beta_max)
-            certified = slack * lam2 < _CERTIFIED_DECREMENT**2
-            margin = b_kb - (4 * n * eps) * beta * beta.sum(1, keepdims=True)
+            certified = (lam2 >= 0) & (slack * lam2 < _CERTIFIED_DECREMENT**2)
+            margin = b_kb - max(4 * n * eps, gram_error) * beta * beta.sum(1, keepdims=True)
             certified |= margin.min(1) > 0
             infeasible = ok & ~converged & (diverged | ~certified)
             status[:] = NashStatus.NOT_CONVERGED
@@ -703,9 +774,54 @@ def nash_bargaining(
         inputs), ``residual``, ``iterations`` and ``status``. Degenerate and infeasible problems
         get uniform α = 1/N and a status, never NaN or inf.
 
+    Statuses (:class:`NashStatus`): ``OK`` (converged to ``tol``), ``NOT_CONVERGED`` (feasibility
+    certified, ``max_iter`` spent; last iterate kept), ``DEGENERATE`` (a zero player or non-finite
+    input) and ``INFEASIBLE`` (no improving direction; α = 1/N). ``INFEASIBLE`` includes
+    problems whose feasibility is below what the Gram matrix's precision resolves: the Nash point
+    improves player i by ⟨g_i, Σ_j α_j g_j⟩ = 1/α_i, and an error of e·√(K_ii K_jj) in each
+    entry moves that by up to e·‖g_i‖·Σ_j α_j‖g_j‖; unless 1/α_i exceeds this for every i (with
+    β_i = α_i‖g_i‖: max_i β_i · Σ_j β_j < 1/e), the problem is reported ``INFEASIBLE``, not
+    ``OK``, and a not-converged iterate must likewise improve every player by more than this to
+    count as a certificate. e is set by the dtype of ``gram`` as given (not ``compute_dtype``):
+    16 ulps of its accumulation dtype (rounding of the entries plus accumulation over the
+    vectors' unknown length), or one ulp for half-precision entries: 3.6e-15 for float64, 1.9e-6
+    for float32, 9.8e-4 for float16, 7.8e-3 for bfloat16. So a float32 Gram matrix resolves
+    max β · Σ β up to 5.2e5 (e.g. uniform β <= 720/√N, margins down to about √N/720), and the
+    domain vectors of experts minus their mean (which sum to zero, so no direction improves
+    all of them) are INFEASIBLE in float32 as in float64, instead of a huge α made of the
+    rounding residue of Σ τ_i. Vectors that are themselves only accurate to a relative δ (e.g.
+    differences of nearly equal float32 tensors) need δ <= e for this to catch them: form such
+    Gram matrices in float64 from float64 vectors.
+
     Scale: if every g_i → c·g_i then α → α/c and the direction Σ α_i g_i is unchanged; its norm
     is always √N (multiply row j of Kα = 1/α by α_j and sum: αᵀKα = N).
     """
+    return _nash_bargaining(
+        gram,
+        max_iter=max_iter,
+        tol=tol,
+        init=init,
+        ridge=ridge,
+        differentiable=differentiable,
+        compute_dtype=compute_dtype,
+        validate=validate,
+    )
+
+
+def _nash_bargaining(
+    gram: Tensor,
+    *,
+    max_iter: int = 20,
+    tol: float = 1e-6,
+    init: Tensor | None = None,
+    ridge: float = 1e-9,
+    differentiable: bool = False,
+    compute_dtype: torch.dtype | None = None,
+    validate: bool = True,
+    gram_error: float | None = None,
+) -> NashSolution:
+    """:func:`nash_bargaining` with the Gram entries' relative error ``gram_error`` (default
+    :func:`_gram_error` of the dtype of ``gram``)."""
     gram = _as_gram(gram)
     if validate:
         _validate(gram, init, max_iter, tol, ridge)
@@ -716,7 +832,13 @@ def nash_bargaining(
     solve = _solve_small if _use_small_path(gram) else _solve
     with torch.no_grad():
         alpha, residual, iterations, status = solve(
-            gram.detach(), max_iter=max_iter, tol=tol, init=init, ridge=ridge, cdtype=cdtype
+            gram.detach(),
+            max_iter=max_iter,
+            tol=tol,
+            init=init,
+            ridge=ridge,
+            cdtype=cdtype,
+            gram_error=gram_error,
         )
     if alpha.dtype != out_dtype:
         alpha, residual = alpha.to(out_dtype), residual.to(out_dtype)
@@ -739,6 +861,12 @@ def nash_direction(vectors: Tensor, **kwargs) -> tuple[NashSolution, Tensor]:
     Σ α̂_i (g_i/s) = Σ α_i g_i keeps its norm √N. A zero player is still ``DEGENERATE``, and
     degenerate or infeasible problems keep uniform weights 1/N (their residual is that of 1/N on
     the unscaled problem, in float64, capped at the largest finite number of the output dtype).
+
+    Precision: the resolution rule of :func:`nash_bargaining` (statuses) uses the error of the
+    Gram matrix's dtype or, for half-precision vectors, one ulp of the vectors' dtype (their
+    rounding is then the larger error), so that a bf16 problem is not certified below bf16
+    precision although its Gram matrix is formed in float32. (The power-of-two scaling is exact
+    and changes nothing here.)
     """
     if not isinstance(vectors, Tensor) or not vectors.is_floating_point():
         raise ValueError("vectors must be a floating-point tensor of shape [..., N, P]")
@@ -754,12 +882,15 @@ def nash_direction(vectors: Tensor, **kwargs) -> tuple[NashSolution, Tensor]:
             largest = work.detach().abs().amax(dim=(-1, -2), keepdim=True)
             exponent = torch.frexp(largest).exponent
             exponent = torch.where(torch.isfinite(largest), exponent, 0)
+            # entries near the dtype's largest number: 2^maxexp itself would overflow to inf
+            exponent = exponent.clamp(max=math.frexp(torch.finfo(work.dtype).max)[1] - 1)
             scale = torch.ldexp(torch.ones_like(largest), exponent)  # [..., 1, 1]
     unit = work / scale
     gram = unit @ unit.mT
     if not kwargs.get("differentiable", False):
         gram = gram.detach()
-    solution = nash_bargaining(gram, **kwargs)
+    gram_error = max(_gram_error(gram.dtype), torch.finfo(vectors.dtype).eps)
+    solution = _nash_bargaining(gram, gram_error=gram_error, **kwargs)
     n = vectors.shape[-2]
     failed = (solution.status == NashStatus.DEGENERATE) | (solution.status == NashStatus.INFEASIBLE)
     s = scale[..., 0].to(solution.alpha.dtype)  # [..., 1]

@@ -22,7 +22,7 @@ Resulting sizes (lowercased; tokens count words plus one ``<eos>`` per sentence)
 split     files  sentences  words    tokens   chars
 ========  =====  =========  =======  =======  =========
 train       396     45,570  920,444  966,014  4,865,359
-valid        52      6,008  120,613  126,621    629,100
+validation   52      6,008  120,613  126,621    629,100
 test         52      5,762  120,135  125,897    632,615
 ========  =====  =========  =======  =======  =========
 
@@ -83,7 +83,7 @@ BROWN_GENRES = (
     "romance",
     "humor",
 )
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "validation", "test")
 _FILE_RE = re.compile(r"brown/(c[a-r]\d\d)")
 
 
@@ -101,7 +101,7 @@ class BrownDocument:
 
 
 def brown_split(genres: Mapping[str, str]) -> dict[str, str]:
-    """The split (``"train"``, ``"valid"`` or ``"test"``) of each file, given file → genre.
+    """The split (``"train"``, ``"validation"`` or ``"test"``) of each file, given file → genre.
 
     See the module docstring for the rule. Raises ValueError for a genre with fewer than 3 files.
     """
@@ -118,7 +118,7 @@ def brown_split(genres: Mapping[str, str]) -> dict[str, str]:
         test = {math.floor((j + 1) * n / k) - 1 for j in range(k)}
         valid = {i - 1 for i in test}
         for i, fileid in enumerate(files):
-            out[fileid] = "test" if i in test else "valid" if i in valid else "train"
+            out[fileid] = "test" if i in test else "validation" if i in valid else "train"
     return out
 
 
@@ -171,7 +171,7 @@ def read_brown(
 def brown_splits(
     data_dir: str | os.PathLike[str] | None = None, *, lowercase: bool = True
 ) -> dict[str, list[BrownDocument]]:
-    """The documents of each split (``train``, ``valid``, ``test``), in file-name order."""
+    """The documents of each split (``train``, ``validation``, ``test``), in file-name order."""
     docs = read_brown(data_dir, lowercase=lowercase)
     assignment = brown_split({d.fileid: d.genre for d in docs})
     out: dict[str, list[BrownDocument]] = {s: [] for s in SPLITS}

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from nashmoe._argtypes import report_error
 from nashmoe.data._corpus import CORPORA, SPLITS, TOKENIZERS, load_corpus
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", choices=CORPORA, default="shakespeare")
     parser.add_argument(
-        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+        "--corpus",
+        default="shakespeare",
+        metavar="NAME|PATH",
+        help=f"{' or '.join(CORPORA)}, a text file, a directory with train/validation/test "
+        "files, or datasets:PATH",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="KIND|PATH",
+        help=f"{', '.join(TOKENIZERS)}, a tokenizer.json or a tokenizer directory; "
+        "default: word for brown, char otherwise",
     )
     parser.add_argument("--data-dir", default=None, help="data directory (default $NASHMOE_DATA)")
     parser.add_argument("--cache-dir", default=None, help="BPE cache (default $NASHMOE_CACHE)")
@@ -25,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json is not None and args.json.is_dir():
+        return report_error("data", f"--json {args.json} is a directory")
     try:
         corpus = load_corpus(
             args.corpus,
@@ -34,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
             min_freq=args.min_freq,
             bpe_vocab_size=args.bpe_vocab_size,
         )
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"nashmoe data: error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, ImportError) as e:
+        return report_error("data", e)
     info = corpus.info
     print(f"corpus {info['corpus']}  tokenizer {info['tokenizer']}  vocab {info['vocab_size']:,}")
     print(f"source: {info['source']}")
@@ -50,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         cells.append(f"{100 * info['oov_rate'][s]:.2f}%")
         print("".join(f"{c:>12}" for c in cells))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(info, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(info, indent=2) + "\n")
+        except OSError as e:
+            return report_error("data", f"--json {args.json}: {e.strerror or e}")
         print(f"wrote {args.json}")
     return 0

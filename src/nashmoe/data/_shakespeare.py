@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 SHAKESPEARE_RESOURCE = "corpora/tinyshakespeare.txt"
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def shakespeare_text() -> str:
@@ -45,7 +45,7 @@ def shakespeare_text() -> str:
 def shakespeare_split_bounds(n: int) -> dict[str, tuple[int, int]]:
     """Character ranges ``[start, end)`` of the three splits of a text of ``n`` characters."""
     a, b = n * 9 // 10, n * 19 // 20
-    return {"train": (0, a), "valid": (a, b), "test": (b, n)}
+    return {"train": (0, a), "validation": (a, b), "test": (b, n)}
 
 
 def shakespeare_splits() -> dict[str, str]:

@@ -17,7 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nashmoe._argtypes import nonneg_float, positive_float, positive_int, probability
+from nashmoe._argtypes import (
+    add_seeds_argument,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    probability,
+    report_error,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -39,8 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="human (CIFAR-10N annotators), synthetic (CIFAR-10) or annotators (hate speech "
         "votes); default: the one the dataset has",
     )
-    parser.add_argument("--loss", nargs="+", choices=LOSS_NAMES, default=list(LOSS_NAMES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--loss",
+        "--losses",
+        dest="loss",
+        nargs="+",
+        choices=LOSS_NAMES,
+        default=list(LOSS_NAMES),
+        help="losses to train (space-separated)",
+    )
+    add_seeds_argument(parser, default=1)
     parser.add_argument(
         "--num-experts",
         type=positive_int,
@@ -114,7 +129,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decoded-image / feature cache (else $NASHMOE_CACHE or ~/.cache/nashmoe)",
     )
     parser.add_argument("--out", default=None, help="folder for results.json")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no per-epoch lines"
+    )
+
+
+def _sample_std(vals) -> float:
+    """Sample standard deviation (ddof = 1); 0 for a single seed."""
+    return float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _check_vision(args: argparse.Namespace) -> None:
+    """CIFAR images are decoded with Pillow: name the missing extra before any work."""
+    from nashmoe._argtypes import check_installed
+
+    check_installed("PIL", extra="vision", purpose="decoding CIFAR-10 images", package="Pillow")
 
 
 def _fmt(v: Any) -> str:
@@ -183,17 +212,20 @@ def run(args: argparse.Namespace) -> int:
 
     experts = args.experts or EXPERTS_FOR[args.dataset]
     if experts != EXPERTS_FOR[args.dataset]:
-        print(
-            f"error: --dataset {args.dataset} has {EXPERTS_FOR[args.dataset]} experts, "
-            f"not {experts}",
-            file=sys.stderr,
+        return report_error(
+            "defer",
+            f"--dataset {args.dataset} has {EXPERTS_FOR[args.dataset]} experts, not {experts}",
         )
-        return 2
     try:
         cfg = _defaults(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if cfg["model"] == "cnn" or args.dataset != "hatespeech":
+            _check_vision(args)
+        if args.out:  # checked before any work, not after training
+            from nashmoe.train.rundir import check_writable_dir
+
+            check_writable_dir(args.out, option="--out")
+    except (ValueError, OSError, ImportError) as err:
+        return report_error("defer", err)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,9 +245,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     for seed in args.seeds:
         try:
             data = _load(args, cfg["model"], seed)
-        except (FileNotFoundError, ImportError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except (OSError, ImportError, ValueError) as err:
+            return report_error("defer", err)
         summary = data.info["test"]
         log(
             f"[{data.name}] seed {seed}: J={data.num_experts}, train/val/test = "
@@ -258,11 +289,11 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         cells = []
         for k in keys:
             vals = np.array([r["test"][k] for r in rows], dtype=float) * 100
-            cells.append(f"{vals.mean():8.2f} ± {vals.std():5.2f}".rjust(22))
+            cells.append(f"{vals.mean():8.2f} ± {_sample_std(vals):5.2f}".rjust(22))
         line = f"{loss:10s} " + " ".join(cells)
         if "official_test_classifier_acc" in rows[0]:
             vals = np.array([r["official_test_classifier_acc"] for r in rows]) * 100
-            line += f"  {vals.mean():8.2f} ± {vals.std():5.2f}"
+            line += f"  {vals.mean():8.2f} ± {_sample_std(vals):5.2f}"
         print(line)
     if args.out:
         out = Path(args.out)

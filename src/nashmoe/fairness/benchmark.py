@@ -98,7 +98,8 @@ def _run_job(job: dict) -> dict:
     dataset, sensitive = _split_task(job["task"])
     ds = _dataset(dataset, sensitive, job["seed"], job["data_dir"], job["meta_per_cell"])
     config = config_for(dataset, sensitive, job["method"], seed=job["seed"], **job["overrides"])
-    result = train_fair(ds, config).to_dict()
+    # per-epoch test metrics feed only the labelled reference-protocol table (aggregate)
+    result = train_fair(ds, config, test_every_epoch=True).to_dict()
     result["task"] = job["task"]
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +454,8 @@ def plot_tradeoff(
     markers = "osD^v<>P*X"
     size = (4 * len(tasks), 3.6 * len(disparities))
     fig, axes = plt.subplots(len(disparities), len(tasks), figsize=size, squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    from nashmoe.palette import color as method_color
+
     for j, task in enumerate(tasks):
         for i, disp in enumerate(disparities):
             ax = axes[i][j]
@@ -468,7 +470,7 @@ def plot_tradeoff(
                     xerr=xs,
                     yerr=ys,
                     fmt=markers[k % len(markers)],
-                    color=cmap(k % 10),
+                    color=method_color(method),
                     label=method,
                     capsize=2,
                     markerfacecolor="none" if not method.startswith("nash-") else None,
@@ -481,7 +483,9 @@ def plot_tradeoff(
     ncol = min(len(methods), 4)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
     rows_of_legend = -(-len(methods) // ncol)
-    fig.suptitle("test metrics at the validation-selected epoch, mean ± std over seeds")
+    fig.suptitle(
+        "test metrics at the validation-selected epoch, mean ± sample std (ddof = 1) over seeds"
+    )
     fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

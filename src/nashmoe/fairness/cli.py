@@ -14,23 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-from nashmoe._argtypes import nonneg_int, positive_float, positive_int, probability
+from nashmoe._argtypes import (
+    add_seeds_argument,
+    check_installed,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    report_error,
+)
 
 __all__ = ["add_arguments", "run"]
-
-
-def _int_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,17 +61,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--backend", choices=("auto", "func", "ghost"), default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no per-epoch lines (which show validation metrics only)",
+    )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
         "--benchmark", action="store_true", help="run every method on every task over seeds"
     )
     bench.add_argument("--tasks", default=",".join(BENCHMARK_TASKS))
     bench.add_argument("--methods", default=",".join(METHODS))
-    bench.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,3")
+    add_seeds_argument(bench, default=5, help="benchmark seeds")
     bench.add_argument("--jobs", type=positive_int, default=1, help="worker processes")
     bench.add_argument("--no-resume", action="store_true", help="rerun existing run files")
-    bench.add_argument("--no-plot", action="store_true")
+    bench.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
+    bench.add_argument("--no-plot", dest="no_plots", action="store_true", help=argparse.SUPPRESS)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -95,6 +98,20 @@ def _overrides(args: argparse.Namespace) -> dict:
     }
 
 
+def _check_benchmark_args(tasks: list[str], methods: list[str], datasets: dict) -> None:
+    from nashmoe.fairness.trainer import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown {unknown or methods}; choose from {list(METHODS)}")
+    for task in tasks:
+        name, _, sensitive = task.partition("/")
+        if name not in datasets or sensitive not in datasets[name]:
+            raise ValueError(f"--tasks: unknown task {task!r} (dataset/sensitive, e.g. adult/sex)")
+    if not tasks:
+        raise ValueError("--tasks: no task given")
+
+
 def _fmt(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.4f}"
 
@@ -105,16 +122,36 @@ def run(args: argparse.Namespace) -> int:
     from nashmoe.fairness.benchmark import TABLE_METRICS, run_benchmark, write_report
     from nashmoe.fairness.datasets import DATASETS, load_fair_dataset
     from nashmoe.fairness.trainer import config_for, train_fair
+    from nashmoe.train.distributed import resolve_device
+    from nashmoe.train.rundir import check_writable_dir
 
+    # environment errors before any work (one line, exit status 2)
+    try:
+        resolve_device(args.device)
+        out = args.out or ("runs/fair-bench" if args.benchmark else None)
+        if out is not None:
+            check_writable_dir(out, option="--out")
+    except (ValueError, OSError) as exc:
+        return report_error("fair", exc)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.benchmark:
         out = Path(args.out or "runs/fair-bench")
+        try:
+            tasks = [t for t in args.tasks.split(",") if t]
+            methods = [m for m in args.methods.split(",") if m]
+            _check_benchmark_args(tasks, methods, DATASETS)
+            if not args.no_plots:
+                check_installed(
+                    "matplotlib", extra="plot", purpose="the plot", hint="or pass --no-plots"
+                )
+        except (ValueError, ImportError) as exc:
+            return report_error("fair", exc)
         results = run_benchmark(
             out_dir=out,
-            tasks=[t for t in args.tasks.split(",") if t],
-            methods=[m for m in args.methods.split(",") if m],
-            seeds=_int_list(args.seeds),
+            tasks=tasks,
+            methods=methods,
+            seeds=args.seeds,
             data_dir=args.data_dir,
             overrides=_overrides(args),
             meta_per_cell=args.meta_per_cell,
@@ -122,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads or 1,
             resume=not args.no_resume,
         )
-        write_report(results, out, plot=not args.no_plot)
+        write_report(results, out, plot=not args.no_plots)
         print((out / "table.md").read_text())
-        plot = "" if args.no_plot else f", {out / 'tradeoff.png'}"
+        plot = "" if args.no_plots else f", {out / 'tradeoff.png'}"
         print(f"wrote {out / 'table.md'}, {out / 'summary.json'}{plot}")
         return 0
 
@@ -140,9 +177,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_for(
             args.dataset, sensitive, args.method, seed=args.seed, **_overrides(args)
         )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"nashmoe fair: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, ImportError) as exc:
+        return report_error("fair", exc)
     print(
         f"{args.dataset}/{sensitive} seed {args.seed}: train {len(ds.train)}, meta {len(ds.meta)}, "
         f"val {len(ds.val)}, test {len(ds.test)}; groups {list(ds.group_names)}; "
@@ -162,13 +198,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"epoch {rec['epoch']:3d} stage {rec['stage']} loss {d['train_loss']:.4f} "
             f"val roc_auc {_fmt(rec['val']['roc_auc'])} "
-            f"test roc_auc {_fmt(rec['test']['roc_auc'])} "
-            f"bal_acc {_fmt(rec['test']['balanced_accuracy'])}{extra} ({rec['seconds']:.1f}s)",
+            f"bal_acc {_fmt(rec['val']['balanced_accuracy'])}{extra} ({rec['seconds']:.1f}s)",
             flush=True,
         )
 
     result = train_fair(ds, config, device=args.device, progress=progress)
     print(f"\nselected epoch (validation {config.selection_metric}): {result.selected_epoch}")
+    print("test, evaluated once at the end:")
     print(f"{'test metric':34s} {'selected':>9s} {'last':>9s}")
     for m in (*TABLE_METRICS, "roc_auc_worst_group", "equal_opportunity_difference"):
         print(f"{m:34s} {_fmt(result.selected['test'][m]):>9s} {_fmt(result.last['test'][m]):>9s}")

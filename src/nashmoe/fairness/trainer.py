@@ -13,8 +13,10 @@ Methods (:data:`METHODS`):
   epochs) bargains over the (group × label) players and falls back to the current batch's
   stage-2 hypergradient when bargaining fails; stage 2 as the one-stage method.
 
-After every epoch the model is evaluated on the validation and test splits; the reported epoch is
-chosen on **validation** (``selection_metric``), never on test; the last epoch is reported too.
+After every epoch the model is evaluated on the validation split; the reported epoch is chosen on
+**validation** (``selection_metric``), never on test. Test is evaluated once, at the end, on the
+selected epoch's weights (and on the last epoch's, reported too). Per-epoch test metrics exist only
+for the benchmark's labelled reference protocol (``test_every_epoch=True``).
 """
 
 from __future__ import annotations
@@ -267,8 +269,8 @@ class FairRunResult:
     Attributes:
         config: the :class:`FairTrainConfig` as a dict.
         dataset: name, sensitive attribute, group names, split sizes per group and label.
-        history: per epoch: ``epoch``, ``val`` and ``test`` metric dicts (overall and
-            ``metric[group]``), ``diagnostics``, ``seconds``.
+        history: per epoch: ``epoch``, ``val`` metric dicts (overall and ``metric[group]``),
+            ``diagnostics``, ``seconds`` (and ``test`` only with ``test_every_epoch``).
         selected_epoch: the epoch chosen on validation (1-based).
         selected: ``{"val": ..., "test": ...}`` metrics at that epoch.
         last: ``{"val": ..., "test": ...}`` at the last epoch.
@@ -328,8 +330,10 @@ def train_fair(
     device: str | torch.device = "cpu",
     bargainer: Callable[[Tensor], BargainResult] | None = None,
     progress: Callable[[dict], None] | None = None,
+    test_every_epoch: bool = False,
 ) -> FairRunResult:
-    """Train one model with ``config.method`` on ``dataset`` and evaluate it every epoch.
+    """Train one model with ``config.method`` on ``dataset``, evaluate it on validation every
+    epoch, select the epoch on validation and evaluate test once at the end.
 
     Args:
         dataset: a :class:`FairDataset` (its meta set drives the meta methods).
@@ -337,7 +341,9 @@ def train_fair(
         device: where to train.
         bargainer: replaces the stage-1 bargaining function ``G [n, B] -> BargainResult``
             (default :func:`nash_bargain` with the config's tolerances); used to inject failures.
-        progress: called with each epoch's record.
+        progress: called with each epoch's record (validation metrics only).
+        test_every_epoch: also evaluate test after every epoch (``history[i]["test"]``), for the
+            benchmark's labelled reference protocol only; never used for selection here.
 
     Raises:
         ValueError: the training split is smaller than one batch, or the meta set lacks a group.
@@ -389,6 +395,8 @@ def train_fair(
         )
     gen = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
+    val_split, test_split = _to(dataset.val, device), _to(dataset.test, device)
+    best_state: dict[str, Tensor] | None = None
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -440,17 +448,27 @@ def train_fair(
         record = {
             "epoch": epoch,
             "stage": 1 if in_stage1 else 2,
-            "val": _evaluate(model, _to(dataset.val, device), dataset.group_names),
-            "test": _evaluate(model, _to(dataset.test, device), dataset.group_names),
+            "val": _evaluate(model, val_split, dataset.group_names),
             "diagnostics": stats.summary(),
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
+        if select_epoch(history, config.selection_metric) == epoch:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress is not None:
             progress(record)
-    seconds = time.perf_counter() - start
+        if test_every_epoch:
+            record["test"] = _evaluate(model, test_split, dataset.group_names)
     best = select_epoch(history, config.selection_metric)
     sel, last = history[best - 1], history[-1]
+    # test, once, at the end: the last epoch's weights, then the selected epoch's
+    last_test = _evaluate(model, test_split, dataset.group_names)
+    if best_state is not None and best != len(history):
+        model.load_state_dict(best_state)
+        sel_test = _evaluate(model, test_split, dataset.group_names)
+    else:
+        sel_test = last_test
+    seconds = time.perf_counter() - start
     return FairRunResult(
         config=asdict(config),
         dataset={
@@ -464,8 +482,8 @@ def train_fair(
         },
         history=history,
         selected_epoch=best,
-        selected={"val": sel["val"], "test": sel["test"]},
-        last={"val": last["val"], "test": last["test"]},
+        selected={"val": sel["val"], "test": sel_test},
+        last={"val": last["val"], "test": last_test},
         stage1=_stage1_summary(history) if spec.nash else {},
         notes=notes,
         seconds=seconds,

@@ -19,8 +19,9 @@ Aux-loss-free balancing (Wang et al., arXiv 2408.15664; DeepSeek-V3; torchtitan'
 ``expert_bias``): the bias b is added to the scores for the selection only; after each step
 ``b_i += u · sign(mean load − load_i)``, centred so that Σ b stays 0 (only differences of b
 matter for the selection). ``sign`` makes the update independent of how many forwards were
-counted (gradient accumulation); a forward recomputed by activation checkpointing is not counted. Under data parallelism,
-all-reduce the load counts before the update so every replica applies the same bias.
+counted (gradient accumulation); a forward recomputed by activation checkpointing is not
+counted. Under data parallelism, all-reduce the load counts before the update so every replica
+applies the same bias.
 """
 
 from __future__ import annotations

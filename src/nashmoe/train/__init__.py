@@ -5,6 +5,8 @@
   test perplexity (best on validation, test reported once), atomic, verified safetensors
   checkpoints with exact ``resume``, CSV/TensorBoard logs and MoE diagnostics under
   ``runs/<name>/``; a locked run directory; a stop on divergence (:class:`TrainingDiverged`).
+  :class:`Trainer` is that loop in named, overridable steps (``setup``, ``train_step``,
+  ``evaluate``, ``log``, ``save_checkpoint``, ``finish``, ``fit``).
 - :func:`compare` trains every method of the NAMEx family on the same data, shape, steps,
   optimiser and seeds and writes ``results.json``, ``results.md`` and plots (``nashmoe compare``).
 - :func:`load_model` restores a trained model and its tokenizer from a checkpoint (``nashmoe
@@ -32,7 +34,7 @@ from nashmoe.train.loggers import CSVLogger, MetricsLogger, read_metrics
 from nashmoe.train.optim import build_optimizer, lr_at, param_groups
 from nashmoe.train.restore import load_model
 from nashmoe.train.rundir import RunDirError, RunLock
-from nashmoe.train.trainer import TrainResult, train
+from nashmoe.train.trainer import Trainer, TrainResult, train
 
 __all__ = [
     "CSVLogger",
@@ -47,6 +49,7 @@ __all__ = [
     "RunLock",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "TrainingDiverged",
     "base_grad_norm",
     "build_model_config",

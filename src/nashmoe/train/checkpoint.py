@@ -69,8 +69,12 @@ MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 BEST_MODEL = "best_model.safetensors"
 MANIFEST = "manifest.json"
+#: Key of ``state.json`` that says the checkpoint was written with a manifest (so a missing
+#: ``manifest.json`` is damage, not an older nashmoe's checkpoint).
+FORMAT_KEY = "checkpoint_format"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_DIR = re.compile(r"^\.(?:tmp|stale)-step-\d+-(\d+)$")
+_TMP_POINTER = re.compile(r"^\.latest\.json\.tmp-(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -320,6 +324,7 @@ def _write_files(
                 )
         else:
             hashes[BEST_MODEL] = save_tensors(tmp / BEST_MODEL, best_model)
+    meta[FORMAT_KEY] = 1
     with open(tmp / STATE, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
@@ -428,8 +433,8 @@ def save_checkpoint(
 def _prune(root: Path, *, keep: int, current: str) -> None:
     """Keep the newest ``keep`` step checkpoints up to ``current`` (which ``latest.json`` points
     at); delete older ones, newer ones (left by an earlier attempt that was abandoned, e.g. a
-    damaged checkpoint the run fell back from), and the temporary directories of this process or
-    of dead processes (never another live writer's)."""
+    damaged checkpoint the run fell back from), and the temporary directories (and pointer files)
+    of this process or of dead processes (never another live writer's)."""
     current_step = int(current.split("-")[1])
     steps = sorted(
         (int(m.group(1)), p.name)
@@ -447,6 +452,29 @@ def _prune(root: Path, *, keep: int, current: str) -> None:
             pid = int(m.group(1))
             if pid == os.getpid() or not pid_alive(pid):
                 shutil.rmtree(p, ignore_errors=True)
+        elif (m := _TMP_POINTER.match(p.name)) and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)  # a pointer write cut short by a killed process
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with the structure of a safetensors file that no manifest describes: its
+    header must parse and its size must match the header's data offsets (a truncated or
+    overwritten file)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) != size:
+            raise ValueError(f"{size} bytes, the header describes {8 + n + max(ends, default=0)}")
+    except OSError as e:
+        return f"{file} is unreadable ({e.strerror or e})"
+    except Exception as e:  # struct.error, JSON errors, odd header values
+        return f"{file} is not a readable safetensors file ({e})"
+    return None
 
 
 def verify_checkpoint(path: str | os.PathLike[str], *, need_optimizer: bool = False) -> list[str]:
@@ -479,6 +507,8 @@ def verify_checkpoint(path: str | os.PathLike[str], *, need_optimizer: bool = Fa
             return [*problems, str(e)]
         except (KeyError, TypeError):
             return [*problems, f"{path / MANIFEST} does not list {MODEL}"]
+    elif isinstance(state, dict) and FORMAT_KEY in state:
+        return [*problems, f"{path / MANIFEST} is missing"]
     elif not problems:
         warnings.warn(
             f"checkpoint {path} has no {MANIFEST} (written by an older nashmoe); its files "
@@ -494,6 +524,11 @@ def verify_checkpoint(path: str | os.PathLike[str], *, need_optimizer: bool = Fa
             problems.append(f"{file} is missing")
             continue
         if entry is None:
+            if name.endswith(".safetensors") and (bad := _safetensors_problem(file)):
+                problems.append(bad)
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{path / MANIFEST} is malformed (its entry for {name})")
             continue
         size = file.stat().st_size
         if size != entry.get("bytes"):

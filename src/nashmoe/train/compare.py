@@ -13,15 +13,18 @@ processes (one thread each by default); step times are then measured under conte
 A run that diverges (a non-finite loss or gradient, :class:`~nashmoe.train.TrainingDiverged`)
 is recorded as diverged (step and reason) and left out of the table; the other runs go on, and
 ``results.json`` / ``results.md`` list the diverged ones. An ``out`` that already holds runs needs
-``resume`` (reuse and continue them) or ``overwrite`` (replace them).
+``resume`` (reuse and continue them) or ``overwrite`` (replace them); ``out/run.lock`` keeps a
+second comparison out of the same ``out`` while one runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -30,46 +33,70 @@ from typing import Any
 
 import torch
 
+from nashmoe._argtypes import parse_seeds as _parse_seeds
 from nashmoe.data import Corpus, iter_eval_batches
 from nashmoe.moe import METHODS, capture_moe_inputs, expert_output_similarity
 from nashmoe.moe.analysis import mean_offdiagonal
-from nashmoe.train.checkpoint import read_json, write_json_atomic
-from nashmoe.train.config import TrainConfig
+from nashmoe.train.checkpoint import (
+    CheckpointError,
+    CheckpointWarning,
+    read_json,
+    write_json_atomic,
+)
+from nashmoe.train.config import TrainConfig, options_for_method, unused_options
 from nashmoe.train.divergence import TrainingDiverged
 from nashmoe.train.loggers import read_metrics
-from nashmoe.train.report import format_table, summarize, verdict
-from nashmoe.train.rundir import RunDirError, check_writable_dir, is_existing_run
+from nashmoe.train.report import (
+    format_paired,
+    format_table,
+    paired_table,
+    summarize,
+    verdict,
+)
+from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import corpus_for, git_state, train
 
-__all__ = ["CompareResult", "compare", "expert_similarity", "parse_methods", "parse_seeds"]
+__all__ = [
+    "CompareResult",
+    "check_options_used",
+    "compare",
+    "expert_similarity",
+    "parse_methods",
+    "parse_seeds",
+]
 
 
 def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
-    """Seeds from ``"3"`` (a count: 0, 1, 2), ``"0,5,7"`` or ``"5,"`` (a list), or ints."""
-    if isinstance(text, int):
-        values: list[int] = list(range(text))
-        if text < 1:
-            raise ValueError(f"seed count must be >= 1, got {text}")
-        return values
-    if not isinstance(text, str):
-        return [int(s) for s in text]
-    text = text.strip()
+    """Seeds from ``"3"`` (a count: 0, 1, 2), ``"0,5,7"``, ``"0-4"`` or ``"5,"`` (a list), or ints
+    (see :func:`nashmoe._argtypes.parse_seeds`, shared by every subcommand).
+
+    Raises:
+        ValueError: text that is neither a count nor a list of distinct seeds.
+    """
     try:
-        if "," not in text:
-            n = int(text)
-            if n < 1:
-                raise ValueError(f"seed count must be >= 1, got {n}")
-            return list(range(n))
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        if "seed count" in str(err):
-            raise
+        return _parse_seeds(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--seeds: {err}") from None
+
+
+def check_options_used(model: dict[str, Any], methods: Sequence[str]) -> dict[str, list[str]]:
+    """Which methods use each model override; an override that none of ``methods`` uses is an
+    error (it would be recorded and ignored). Returns ``{key: [methods that use it]}``.
+
+    Raises:
+        ValueError: naming the overrides no method uses.
+    """
+    keys = [k for k in model if k != "moe_options"] + list(model.get("moe_options") or {})
+    unused = {m: unused_options(m, model) for m in methods}
+    users = {k: [m for m in methods if k not in unused[m]] for k in keys}
+    idle = [k for k, ms in users.items() if not ms]
+    if idle:
+        reasons = "; ".join(f"{k}: {unused[methods[0]][k]}" for k in idle)
         raise ValueError(
-            f"--seeds takes a count (3 → 0,1,2) or a comma-separated list (0,5,7), got {text!r}"
-        ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds needs distinct seeds, got {text!r}")
-    return seeds
+            f"no method of this comparison ({', '.join(methods)}) uses "
+            f"{', '.join(idle)} ({reasons}); --set would be ignored"
+        )
+    return users
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
@@ -97,7 +124,7 @@ def expert_similarity(model: torch.nn.Module, corpus: Corpus, *, blocks: int = 8
     device = next(model.parameters()).device
     x, _ = next(
         iter_eval_batches(
-            corpus.valid, batch_size=blocks, block_size=model.config.block_size, device=device
+            corpus.validation, batch_size=blocks, block_size=model.config.block_size, device=device
         )
     )
     model.eval()
@@ -148,8 +175,12 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
     run_dir = Path(config.out_dir)
     record_path = run_dir / "record.json"
     if resume and record_path.is_file():
-        record = read_json(record_path)
-        if record.get("config") == config.to_dict():
+        try:
+            record = read_json(record_path)
+        except CheckpointError as e:  # the run is resumed from its checkpoint instead
+            warnings.warn(f"{e}; the run is resumed instead", CheckpointWarning, stacklevel=2)
+            record = None
+        if isinstance(record, dict) and record.get("config") == config.to_dict():
             record["reused"] = True
             return record
     if config.threads is not None:
@@ -193,6 +224,7 @@ def compare(
     resume: bool = False,
     overwrite: bool = False,
     plots: bool = True,
+    model_overrides: dict[str, Any] | None = None,
     command: str | None = None,
     log=print,
 ) -> CompareResult:
@@ -210,19 +242,72 @@ def compare(
         overwrite: replace the runs already in ``out``. Without ``resume`` or ``overwrite``, an
             ``out`` that holds any of the runs is an error (before anything is trained).
         plots: write the PNG plots (needs matplotlib).
+        model_overrides: model overrides (as :func:`~nashmoe.train.parse_model_overrides`
+            returns) applied to each method that uses them (``gamma`` to the propagating methods
+            only, ``top_k`` to smoe only); each run's ``config`` records what it used. An
+            override that no method uses is an error. Default: ``base.model``, applied to the
+            methods that use it.
         command: the command line, recorded in the outputs.
         log: where progress messages go.
     """
+    if resume and not overwrite:
+        names = [f"{m}-s{int(s)}" for s in seeds for m in parse_methods(methods)]
+        root = Path(out)
+        if not root.is_file() and not any(is_existing_run(root / "runs" / n) for n in names):
+            raise RunDirError(
+                f"--resume: nothing to resume in {out} (none of the runs is under "
+                f"{root / 'runs'}); start without --resume"
+            )
+    out = check_writable_dir(out, option="--out")
+    with RunLock(out):  # one comparison per --out at a time (results.json, --overwrite)
+        return _compare_locked(
+            base,
+            methods=methods,
+            seeds=seeds,
+            out=out,
+            jobs=jobs,
+            resume=resume,
+            overwrite=overwrite,
+            plots=plots,
+            model_overrides=model_overrides,
+            command=command,
+            log=log,
+        )
+
+
+def _compare_locked(
+    base: TrainConfig,
+    *,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    out: str | os.PathLike[str] = "runs/compare",
+    jobs: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    plots: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    command: str | None = None,
+    log=print,
+) -> CompareResult:
+    """:func:`compare` under the lock of ``out``."""
     methods = parse_methods(list(methods) if methods is not None else None)
     seeds = [int(s) for s in seeds]
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
+    if model_overrides is None:  # base.model (valid for base.method), where each method uses it
+        overrides = dict(base.model)
+        users = check_options_used(overrides, [*methods, base.method])
+    else:
+        overrides = dict(model_overrides)
+        users = check_options_used(overrides, methods)
+    users = {k: [m for m in ms if m in methods] for k, ms in users.items()}
     out = check_writable_dir(out, option="--out")
     configs = [
         base.replace(
             method=m,
+            model=options_for_method(overrides, m),
             seed=s,
             name=f"{m}-s{s}",
             out_dir=str(out / "runs" / f"{m}-s{s}"),
@@ -255,7 +340,8 @@ def compare(
             return
         log(
             f"[{len(records)}/{len(configs)}] {rec['method']} seed {rec['seed']}: "
-            f"valid ppl {rec['valid']['ppl']:.3f}, test ppl {rec['test']['ppl']:.3f}, "
+            f"validation ppl {rec.get('validation', rec.get('valid'))['ppl']:.3f}, "
+            f"test ppl {rec['test']['ppl']:.3f}, "
             f"{rec['timing']['tokens_per_s']:.0f} tok/s{tag}"
         )
 
@@ -279,7 +365,8 @@ def compare(
     ]
     summary = summarize(finished, methods)
     table = format_table(summary)
-    text = verdict(summary) if finished else "No run finished: every run diverged."
+    text = verdict(summary, finished) if finished else "No run finished: every run diverged."
+    paired = paired_table(finished, methods)
     if diverged:
         text += (
             " Diverged (left out of the table): "
@@ -292,16 +379,20 @@ def compare(
     wall = time.perf_counter() - t0
     files: dict[str, str] = {}
     if plots and finished:
-        files.update(_write_plots(finished, summary, methods, out))
+        files.update(_write_plots(finished, summary, methods, out, paired))
     info = {
         "command": command,
         "methods": methods,
         "seeds": seeds,
         "settings": {
-            k: v
-            for k, v in base.to_dict().items()
-            if k not in ("method", "seed", "name", "out_dir", "progress")
+            **{
+                k: v
+                for k, v in base.to_dict().items()
+                if k not in ("method", "seed", "name", "out_dir", "progress")
+            },
+            "model": overrides,
         },
+        "overrides_used_by": users,
         "git": git,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -315,12 +406,13 @@ def compare(
             **info,
             "summary": summary,
             "verdict": text,
+            "paired": paired,
             "diverged": diverged,
             "runs": [{k: v for k, v in r.items() if k != "reused"} for r in records],
             "files": files,
         },
     )
-    _write_markdown(out / "results.md", info, table, text, files)
+    _write_markdown(out / "results.md", info, table, text, files, paired)
     files["results.json"] = str(out / "results.json")
     files["results.md"] = str(out / "results.md")
     return CompareResult(
@@ -335,9 +427,19 @@ def compare(
 
 
 def _write_plots(
-    records: list[dict[str, Any]], summary: list[dict[str, Any]], methods: list[str], out: Path
+    records: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    methods: list[str],
+    out: Path,
+    paired: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
-    from nashmoe.train.plots import plot_alpha, plot_loss_curves, plot_similarity
+    from nashmoe.train.plots import (
+        plot_alpha,
+        plot_efficiency,
+        plot_loss_curves,
+        plot_paired,
+        plot_similarity,
+    )
 
     metrics: dict[str, list] = {m: [] for m in methods}
     similarity: dict[str, list] = {m: [] for m in methods}
@@ -352,6 +454,13 @@ def _write_plots(
     alpha = plot_alpha(first, out / "alpha.png")
     if alpha is not None:
         files["alpha.png"] = str(alpha)
+    if paired:
+        pp = plot_paired(paired, out / "paired.png")
+        if pp is not None:
+            files["paired.png"] = str(pp)
+    eff = plot_efficiency(summary, out / "efficiency.png")
+    if eff is not None:
+        files["efficiency.png"] = str(eff)
     sim = plot_similarity(similarity, out / "similarity.png")
     if sim is not None:
         files["similarity.png"] = str(sim)
@@ -360,7 +469,12 @@ def _write_plots(
 
 
 def _write_markdown(
-    path: Path, info: dict[str, Any], table: str, text: str, files: dict[str, str]
+    path: Path,
+    info: dict[str, Any],
+    table: str,
+    text: str,
+    files: dict[str, str],
+    paired: list[dict[str, Any]] | None = None,
 ) -> None:
     s = info["settings"]
     lines = [
@@ -391,6 +505,24 @@ def _write_markdown(
         text,
         "",
     ]
+    partial = {
+        k: ms for k, ms in (info.get("overrides_used_by") or {}).items() if ms != info["methods"]
+    }
+    if partial:
+        lines += [
+            "Options applied only to the methods that use them: "
+            + "; ".join(f"`{k}` to {', '.join(ms)}" for k, ms in partial.items())
+            + ".",
+            "",
+        ]
+    if paired:
+        lines += [
+            "Paired test-perplexity differences (same seed across methods; negative: the method "
+            "is better than the reference; 95% t-interval, ddof = 1):",
+            "",
+            format_paired(paired),
+            "",
+        ]
     if files:
         lines += ["Plots: " + ", ".join(f"`{Path(p).name}`" for p in files.values()), ""]
     path.write_text("\n".join(lines), encoding="utf-8")

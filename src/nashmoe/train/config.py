@@ -11,21 +11,26 @@ default, as nanoGPT's configurator does but without ``exec``).
 from __future__ import annotations
 
 import ast
+import contextvars
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from nashmoe.data import CORPORA, TOKENIZERS
+from nashmoe.data import CORPORA, TOKENIZERS, check_corpus_spec, corpus_label
+from nashmoe.data._pretrained import is_tokenizer_path
 from nashmoe.models import PRESETS, GPTConfig
 from nashmoe.moe import METHODS, MoEConfig
+from nashmoe.moe.config import MERGING_METHODS, NASH_METHODS
 
 __all__ = [
     "DISTRIBUTED",
     "DTYPES",
     "TrainConfig",
     "build_model_config",
+    "options_for_method",
     "parse_model_overrides",
+    "unused_options",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -56,6 +61,79 @@ _MOE_FIELDS = {
         "out_init_std",
     )
 }
+
+
+# True while TrainConfig.from_dict restores a saved config (its corpus files may be elsewhere).
+_RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("restoring", default=False)
+
+_MOE = tuple(m for m in METHODS if m != "dense")
+_MERGING_WHAT = "the merging methods (smear, camex, ep-camex, namex*)"
+# GPTConfig fields (and MoEConfig fields with a non-None default) that only some methods use:
+# field -> (methods, description).
+_USED_BY: dict[str, tuple[tuple[str, ...], str]] = {
+    "num_experts": (_MOE, "the MoE methods (every method but dense)"),
+    "moe_every": (_MOE, "the MoE methods (every method but dense)"),
+    "balance_coef": (_MOE, "the MoE methods (every method but dense)"),
+    "top_k": (("smoe",), "method 'smoe'"),
+    "segment_len": (MERGING_METHODS, _MERGING_WHAT),
+    "first_segment": (MERGING_METHODS, _MERGING_WHAT),
+    "nash_max_iter": (
+        NASH_METHODS,
+        "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)",
+    ),
+    "nash_tol": (NASH_METHODS, "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)"),
+}
+
+
+def _unused_reason(method: str, key: str, value: Any, *, moe: bool) -> str | None:
+    """Why ``method`` would ignore the override ``key=value`` (None: it uses it)."""
+    if key in _USED_BY:
+        methods, what = _USED_BY[key]
+        return None if method in methods else f"only used by {what}"
+    if not moe:
+        return None
+    if method == "dense":
+        return "a MoE option, and dense has no MoE layer"
+    probe: dict[str, Any] = {"method": method, "d_model": 8, "d_ff": 8, "num_experts": 2}
+    if method == "smoe":
+        probe["top_k"] = 1
+    try:
+        MoEConfig(**probe, **{key: value})
+    except ValueError as err:
+        text = str(err)
+        if "only used by" in text:
+            return "only used by " + text.split("only used by ", 1)[1].split(", not by method")[0]
+    except TypeError:
+        return None
+    return None
+
+
+def unused_options(method: str, model: dict[str, Any]) -> dict[str, str]:
+    """The overrides in ``model`` (GPTConfig fields and ``moe_options``) that ``method`` does not
+    use, with the reason: ``{key: "only used by ..."}``."""
+    out: dict[str, str] = {}
+    for key, value in model.items():
+        if key == "moe_options":
+            continue
+        reason = _unused_reason(method, key, value, moe=False)
+        if reason:
+            out[key] = reason
+    for key, value in (model.get("moe_options") or {}).items():
+        reason = _unused_reason(method, key, value, moe=True)
+        if reason:
+            out[key] = reason
+    return out
+
+
+def options_for_method(model: dict[str, Any], method: str) -> dict[str, Any]:
+    """``model`` without the overrides that ``method`` does not use (``nashmoe compare`` applies
+    an option to the methods that use it and records it for those runs only)."""
+    unused = unused_options(method, model)
+    out = {k: v for k, v in model.items() if k not in unused and k != "moe_options"}
+    moe = {k: v for k, v in (model.get("moe_options") or {}).items() if k not in unused}
+    if moe:
+        out["moe_options"] = moe
+    return out
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -136,11 +214,21 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.corpus not in CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; choose from {', '.join(CORPORA)}")
-        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
+        # a name, or a path that exists (not checked for a restored config: generating from a
+        # checkpoint does not need the training files)
+        if not isinstance(self.corpus, str) or not self.corpus:
             raise ValueError(
-                f"unknown tokenizer {self.tokenizer!r}; choose from {', '.join(TOKENIZERS)}"
+                f"corpus must be one of {', '.join(CORPORA)} or a path, got {self.corpus!r}"
+            )
+        if not _RESTORING.get():
+            check_corpus_spec(self.corpus)
+        if self.tokenizer is not None and (
+            not isinstance(self.tokenizer, str)
+            or (self.tokenizer not in TOKENIZERS and not is_tokenizer_path(self.tokenizer))
+        ):
+            raise ValueError(
+                f"unknown tokenizer {self.tokenizer!r}; choose from {', '.join(TOKENIZERS)} or "
+                "give a tokenizer.json file or a tokenizer directory"
             )
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
@@ -196,13 +284,24 @@ class TrainConfig:
                 f"unknown model field(s) {', '.join(sorted(unknown))}; "
                 f"choose from {', '.join(sorted(_MODEL_FIELDS))}"
             )
+        unused = unused_options(self.method, self.model)
+        if unused:
+            raise ValueError(
+                "; ".join(
+                    f"method {self.method!r} does not use {key} ({reason}); "
+                    f"--set {key}=... would be ignored"
+                    for key, reason in unused.items()
+                )
+            )
         if self.warmup is None:
             object.__setattr__(self, "warmup", max(1, round(0.05 * self.steps)))
         if self.min_lr is None:
             object.__setattr__(self, "min_lr", self.lr / 10)
         if self.name is None:
             object.__setattr__(
-                self, "name", f"{self.corpus}-{self.preset}-{self.method}-s{self.seed}"
+                self,
+                "name",
+                f"{corpus_label(self.corpus)}-{self.preset}-{self.method}-s{self.seed}",
             )
         if self.out_dir is None:
             object.__setattr__(self, "out_dir", os.path.join("runs", self.name))
@@ -219,8 +318,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from :meth:`to_dict` output; also reads the ``config.json`` of older runs
+        (overrides their method ignored are dropped: they never had an effect)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("model"), dict) and d.get("method") in METHODS:
+            d["model"] = options_for_method(d["model"], d["method"])
+        token = _RESTORING.set(True)
+        try:
+            return cls(**d)
+        finally:
+            _RESTORING.reset(token)
 
 
 def build_model_config(config: TrainConfig, *, vocab_size: int) -> GPTConfig:

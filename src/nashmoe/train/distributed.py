@@ -97,8 +97,14 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {requested!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {requested!r} (use auto, cpu, cuda or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {requested!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {requested!r}: there are only {torch.cuda.device_count()} CUDA device(s)"
+        )
     return dev
 
 

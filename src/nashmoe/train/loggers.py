@@ -15,10 +15,12 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 from nashmoe._optional import require
+from nashmoe._warnings import NashmoeWarning
 
 __all__ = ["CSVLogger", "MetricsLogger", "TensorBoardLogger", "read_metrics"]
 
@@ -39,10 +41,21 @@ class CSVLogger:
         self.columns: list[str] = ["step"]
         self.rows: list[dict[str, str]] = []
         if resume_step is not None and self.path.exists():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or ["step"])
-                self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= resume_step]
+            try:
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    columns = list(reader.fieldnames or ["step"])
+                    rows = [r for r in reader if r.get("step") and int(r["step"]) <= resume_step]
+                self.columns, self.rows = columns, rows
+            except (UnicodeDecodeError, ValueError, csv.Error) as e:  # not a metrics log
+                damaged = self.path.with_name(f"{self.path.name}.damaged")
+                os.replace(self.path, damaged)
+                warnings.warn(
+                    f"{self.path} is damaged ({e}); kept as {damaged}, the log starts afresh "
+                    f"after step {resume_step}",
+                    NashmoeWarning,
+                    stacklevel=2,
+                )
             self._rewrite()
         else:
             self._rewrite()

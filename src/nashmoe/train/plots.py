@@ -1,7 +1,11 @@
 """PNG plots of ``nashmoe compare`` (matplotlib, imported lazily: ``pip install 'nashmoe[plot]'``).
 
-- ``loss_curves.png``: training loss per method over steps (mean over seeds, light smoothing) with
-  the validation losses at the evaluation steps, and the test perplexity per method.
+- ``loss_curves.png``: training loss per method over steps (mean over seeds; the smoothing, an
+  exponential moving average, is stated in the title) with the validation losses at the
+  evaluation steps, and the test perplexity per method as a dot plot (mean ± sample std, ddof = 1).
+- ``paired.png``: each method minus smoe and minus camex, per seed (the same seed for both), with
+  the mean and its 95 % t-interval; an interval that crosses 0 is within seed noise.
+- ``efficiency.png``: test perplexity against active parameters and against tokens/s.
 - ``alpha.png``: the Nash weights per MoE layer over training, as shares ``α_i / Σ_j α_j`` (α
   itself scales like 1/‖τ‖; the share shows which experts the bargain favours), first seed.
 - ``similarity.png``: mean cosine similarity between expert outputs per MoE layer (off-diagonal
@@ -17,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from nashmoe._optional import pyplot
+from nashmoe.palette import color as method_color
 
-__all__ = ["plot_alpha", "plot_loss_curves", "plot_similarity"]
+__all__ = ["plot_alpha", "plot_efficiency", "plot_loss_curves", "plot_paired", "plot_similarity"]
+
+#: EMA weight of the training-loss curves (with more than 20 logged points; else unsmoothed).
+SMOOTHING = 0.6
 
 
 def _save(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110, tight: bool = True) -> Path:
@@ -56,18 +64,22 @@ def plot_loss_curves(
     """``metrics[method]`` is a list (one per seed) of ``read_metrics`` columns."""
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
-    cmap = plt.get_cmap("tab10")
-    for i, (method, runs) in enumerate(metrics.items()):
-        color = cmap(i % 10)
+    smoothed = False
+    for method, runs in metrics.items():
+        color = method_color(method)
         curves = [_column(m, "train/loss") for m in runs]
         curves = [c for c in curves if c[0]]
         if curves:
             n = min(len(c[0]) for c in curves)
             steps = curves[0][0][:n]
             mean = [sum(c[1][j] for c in curves) / len(curves) for j in range(n)]
-            weight = 0.6 if n > 20 else 0.0
+            weight = SMOOTHING if n > 20 else 0.0
+            smoothed = smoothed or weight > 0
             ax.plot(steps, _ema(mean, weight), color=color, label=method, lw=1.4)
-        vals = [_column(m, "val/loss") for m in runs]
+        # "val/loss" in metrics.csv files written before the split was named "validation"
+        vals = [
+            _column(m, "validation/loss" if "validation/loss" in m else "val/loss") for m in runs
+        ]
         vals = [v for v in vals if v[0]]
         if vals:
             n = min(len(v[0]) for v in vals)
@@ -81,19 +93,100 @@ def plot_loss_curves(
             )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
-    ax.set_title("training loss (lines) and validation loss (markers)")
+    smoothing = f"EMA-smoothed, weight {SMOOTHING}" if smoothed else "unsmoothed"
+    ax.set_title(
+        f"training loss (lines: mean over seeds, {smoothing}) and validation loss (markers)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    _dot_plot(bx, summary)
+    return _save(fig, path)
+
+
+def _dot_plot(bx: Any, summary: Sequence[Mapping[str, Any]]) -> None:
+    """Test perplexity per method: a dot at the mean, a line for ± one sample std (no bars, so
+    the axis need not start at zero and a small gap is not drawn as a large one)."""
     names = [r["method"] for r in summary]
-    means = [r["test_ppl"][0] for r in summary]
-    errs = [r["test_ppl"][1] or 0.0 for r in summary]
-    bx.barh(names, means, xerr=errs, color=[cmap(i % 10) for i in range(len(names))])
+    n_seeds = [len(r.get("seeds", [])) for r in summary]
+    for i, r in enumerate(summary):
+        mean, std = r["test_ppl"]
+        bx.errorbar(
+            mean,
+            i,
+            xerr=std if std is not None else None,
+            fmt="o",
+            color=method_color(r["method"]),
+            capsize=3,
+            ms=6,
+        )
+    bx.set_yticks(range(len(names)), names)
     bx.invert_yaxis()
-    lo = min(means) if means else 0
-    hi = max(m + e for m, e in zip(means, errs)) if means else 1
-    bx.set_xlim(lo - 0.15 * (hi - lo + 1e-9) - 0.5, hi + 0.05 * (hi - lo + 1e-9) + 0.1)
+    seeds = f"{min(n_seeds)}" if n_seeds and min(n_seeds) == max(n_seeds) else "per-method"
     bx.set_xlabel("test perplexity (best validation weights)")
+    bx.set_title(
+        f"mean ± sample std (ddof = 1) over {seeds} seed(s)"
+        + ("; one seed: no interval" if n_seeds and min(n_seeds) < 2 else ""),
+        fontsize=9,
+    )
     bx.grid(alpha=0.3, axis="x")
+
+
+def plot_paired(entries: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
+    """Paired differences (:func:`nashmoe.train.report.paired_table`): one panel per reference
+    (smoe, camex), one row per method: the per-seed differences (small dots), their mean (a large
+    dot) and 95 % t-interval (a line; none with one seed), and 0 (no difference). Returns None
+    when there is nothing to draw."""
+    refs = list(dict.fromkeys(e["reference"] for e in entries))
+    if not refs:
+        return None
+    plt = pyplot()
+    rows = max(sum(1 for e in entries if e["reference"] == r) for r in refs)
+    fig, axes = plt.subplots(
+        1, len(refs), figsize=(5.2 * len(refs), 0.45 * rows + 1.6), squeeze=False
+    )
+    for ax, ref in zip(axes[0], refs):
+        mine = [e for e in entries if e["reference"] == ref]
+        for i, e in enumerate(mine):
+            c = method_color(e["method"])
+            ax.plot(e["diffs"], [i] * len(e["diffs"]), "o", color=c, ms=3, alpha=0.5)
+            if e.get("ci95"):
+                lo, hi = e["ci95"]
+                ax.plot([lo, hi], [i, i], "-", color=c, lw=2)
+            ax.plot([e["mean"]], [i], "D", color=c, ms=6)
+        ax.axvline(0.0, color="0.3", lw=1, ls="--")
+        ax.set_yticks(range(len(mine)), [e["method"] for e in mine])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"test perplexity: method − {ref} (same seed; < 0: better)")
+        ax.set_title(f"paired differences to {ref}: seeds (dots), mean, 95% t-interval", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def plot_efficiency(
+    summary: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
+) -> Path | None:
+    """Test perplexity against active parameters (left) and against training throughput in
+    tokens/s (right), mean ± sample std over seeds. Returns None without rows."""
+    if not summary:
+        return None
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for r in summary:
+        c = method_color(r["method"])
+        mean, std = r["test_ppl"]
+        ax.errorbar(r["params_active"] / 1e6, mean, yerr=std, fmt="o", color=c, capsize=3,
+                    label=r["method"])  # fmt: skip
+        tps, tps_std = r["tokens_per_s"]
+        bx.errorbar(tps, mean, xerr=tps_std, yerr=std, fmt="o", color=c, capsize=3)
+    ax.set_xlabel("active parameters (millions)")
+    ax.set_ylabel("test perplexity (mean ± sample std)")
+    bx.set_xlabel("training throughput (tokens/s; contended if --jobs > 1)")
+    ax.set_title("perplexity against active parameters", fontsize=9)
+    bx.set_title("perplexity against throughput", fontsize=9)
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
@@ -158,18 +251,17 @@ def plot_similarity(
         return None
     plt = pyplot()
     path = Path(path)
-    cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     n_layers = max(len(s[0]["matrices"]) for s in items.values())
-    for i, (method, seeds) in enumerate(items.items()):
+    for method, seeds in items.items():
         n = min(len(s["mean_offdiag"]) for s in seeds)
         mean = [sum(s["mean_offdiag"][j] for s in seeds) / len(seeds) for j in range(n)]
-        ax.plot(range(n), mean, "o-", color=cmap(i % 10), label=method)
+        ax.plot(range(n), mean, "o-", color=method_color(method), label=method)
     ax.set_xticks(range(n_layers))
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("mean cosine similarity (i ≠ j)")
     ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.02)
-    ax.set_title("similarity between expert outputs on validation tokens")
+    ax.set_title("similarity between expert outputs on validation tokens (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=3)
     _save(fig, path)

@@ -1,4 +1,6 @@
-"""Tables of ``nashmoe compare``: per-method summaries (mean ± std over seeds) as Markdown.
+"""Tables and verdicts of ``nashmoe compare``: per-method summaries (mean ± std over seeds) as
+Markdown, and paired differences between methods (the same seed across methods) with 95 %
+t-intervals; no winner is named from fewer than :data:`MIN_SEEDS` seeds.
 
 Perplexities are of the best-on-validation weights; test is evaluated once, on those weights.
 The standard deviation is the sample standard deviation over seeds (``ddof = 1``).
@@ -10,7 +12,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_table", "mean_std", "summarize", "verdict"]
+__all__ = [
+    "MIN_SEEDS",
+    "format_paired",
+    "format_table",
+    "mean_std",
+    "paired_difference",
+    "paired_table",
+    "summarize",
+    "t_quantile_975",
+    "verdict",
+]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -22,6 +34,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     if len(vals) < 2:
         return m, None
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _validation(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record's validation metrics (``"valid"`` in records written before 0.x)."""
+    return record["validation"] if "validation" in record else record["valid"]
 
 
 def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -49,9 +66,9 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
             {
                 "method": m,
                 "seeds": [r["seed"] for r in rs],
-                "valid_ppl": mean_std([r["valid"]["ppl"] for r in rs]),
+                "validation_ppl": mean_std([_validation(r)["ppl"] for r in rs]),
                 "test_ppl": mean_std([r["test"]["ppl"] for r in rs]),
-                "valid_loss": mean_std([r["valid"]["loss"] for r in rs]),
+                "validation_loss": mean_std([_validation(r)["loss"] for r in rs]),
                 "test_loss": mean_std([r["test"]["loss"] for r in rs]),
                 "params_total": rs[0]["params"]["total"],
                 "params_active": rs[0]["params"]["active"],
@@ -83,7 +100,7 @@ def _opt(v: float | None, fmt: str) -> str:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows."""
     head = (
-        "| method | valid ppl | test ppl | params (total / active) | tokens/s | step time "
+        "| method | validation ppl | test ppl | params (total / active) | tokens/s | step time "
         "vs dense | Nash residual (max) | fallbacks / not conv. | ‖∂L/∂E_m‖ | expert cos sim |"
     )
     lines = [head, "|" + "---|" * 10]
@@ -98,7 +115,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             + " | ".join(
                 [
                     r["method"],
-                    _pm(r["valid_ppl"]),
+                    _pm(r["validation_ppl"]),
                     _pm(r["test_ppl"]),
                     f"{r['params_total'] / 1e6:.3f} M / {r['params_active'] / 1e6:.3f} M",
                     _pm(r["tokens_per_s"], 0),
@@ -114,41 +131,162 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """Plain sentences: which method has the lowest mean test perplexity, by how much, and where
-    the NAMEx variants stand."""
+# Two-sided 95 % quantiles of Student's t (df = 1..30); beyond, a 1/df expansion (error < 0.002).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+#: Fewest seeds from which :func:`verdict` names a winner.
+MIN_SEEDS = 3
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (95 % two-sided)."""
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    return 1.959964 + 2.372 / df + 2.8 / df**2
+
+
+def _ppl_by_seed(runs: Sequence[dict[str, Any]], split: str = "test") -> dict[str, dict]:
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r.get("diverged") or split not in r:
+            continue
+        out.setdefault(r["method"], {})[int(r["seed"])] = float(r[split]["ppl"])
+    return out
+
+
+def paired_difference(
+    runs: Sequence[dict[str, Any]], method: str, reference: str, *, split: str = "test"
+) -> dict[str, Any] | None:
+    """``method`` minus ``reference`` perplexity, paired by seed (the same seed, hence the same
+    initialisation and data order, for both): per-seed differences, their mean, sample std
+    (ddof = 1) and 95 % t-interval. ``status``: ``"lower"`` / ``"higher"`` (the interval excludes
+    0), ``"within noise"`` (it contains 0) or ``"too few seeds"`` (fewer than 2 paired seeds;
+    no interval). None when the two methods share no seed."""
+    by = _ppl_by_seed(runs, split)
+    a, b = by.get(method, {}), by.get(reference, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, sd = mean_std(diffs)
+    entry: dict[str, Any] = {
+        "method": method,
+        "reference": reference,
+        "split": split,
+        "seeds": seeds,
+        "diffs": diffs,
+        "mean": mean,
+        "std": sd,
+        "ci95": None,
+        "status": "too few seeds",
+    }
+    if sd is not None:
+        half = t_quantile_975(len(seeds) - 1) * sd / math.sqrt(len(seeds))
+        lo, hi = mean - half, mean + half
+        entry["ci95"] = [lo, hi]
+        entry["status"] = "within noise" if lo <= 0 <= hi else ("lower" if hi < 0 else "higher")
+    return entry
+
+
+def paired_table(
+    runs: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    references: Sequence[str] = ("smoe", "camex"),
+    *,
+    split: str = "test",
+) -> list[dict[str, Any]]:
+    """:func:`paired_difference` of every method against each reference in ``methods``."""
+    out = []
+    for ref in references:
+        if ref not in methods:
+            continue
+        for m in methods:
+            if m != ref:
+                entry = paired_difference(runs, m, ref, split=split)
+                if entry is not None:
+                    out.append(entry)
+    return out
+
+
+def format_paired(entries: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`paired_table` entries ("" when there are none)."""
+    if not entries:
+        return ""
+    lines = [
+        "| method − reference | seeds | per-seed differences | mean [95% t-interval] | |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['method']} − {e['reference']} | {len(e['seeds'])} | "
+            + ", ".join(f"{d:+.3g}" for d in e["diffs"])
+            + f" | {_fmt_diff(e)} | {e['status']} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt_diff(e: dict[str, Any]) -> str:
+    if e["ci95"] is None:
+        return f"{e['mean']:+.3g}"
+    lo, hi = e["ci95"]
+    return f"{e['mean']:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+
+
+def verdict(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]] | None = None) -> str:
+    """Plain sentences that respect seed noise.
+
+    With fewer than :data:`MIN_SEEDS` seeds no winner is named. With more, the method with the
+    lowest mean test perplexity is compared with every other method by paired differences (the
+    same seed across methods) and a 95 % t-interval (ddof = 1); a difference whose interval
+    contains 0 is "within noise". ``runs`` are the per-run records (without them, only the
+    number of seeds is reported)."""
     if not rows:
         return "No runs."
+    n_seeds = min(len(r["seeds"]) for r in rows)
+    if n_seeds < MIN_SEEDS or runs is None:
+        return (
+            f"No winner can be named from {n_seeds} seed(s): a difference between methods cannot "
+            f"be told from seed noise with fewer than {MIN_SEEDS} seeds (run with --seeds "
+            f"{MIN_SEEDS} or more for paired differences with confidence intervals)."
+        )
     ranked = sorted(rows, key=lambda r: r["test_ppl"][0])
-    best = ranked[0]
+    best = ranked[0]["method"]
+    entries = [paired_difference(runs, r["method"], best) for r in ranked[1:]]
+    entries = [e for e in entries if e is not None]
+    noisy = [e["method"] for e in entries if e["status"] != "higher"]
     out = [
-        f"Lowest mean test perplexity: {best['method']} ({_pm(best['test_ppl'])}, "
-        f"{len(best['seeds'])} seed(s))."
+        f"Lowest mean test perplexity: {best} ({_pm(ranked[0]['test_ppl'])}, "
+        f"{len(ranked[0]['seeds'])} seeds). Paired differences to {best} (the other method minus "
+        f"{best}, same seed; mean and 95% t-interval, ddof = 1): "
+        + "; ".join(
+            f"{e['method']} {_fmt_diff(e)}"
+            + (" (within noise)" if e["status"] == "within noise" else "")
+            for e in entries
+        )
+        + "."
     ]
-    if len(ranked) > 1:
-        second = ranked[1]
-        gap = second["test_ppl"][0] - best["test_ppl"][0]
-        sd = [x["test_ppl"][1] for x in (best, second) if x["test_ppl"][1] is not None]
-        noise = f" (seed std up to {max(sd):.2f})" if sd else ""
+    if noisy:
         out.append(
-            f"Runner-up: {second['method']}, {gap:.3g} perplexity points higher "
-            f"({100 * gap / best['test_ppl'][0]:.1f}%){noise}."
+            f"{best} is not ahead of {', '.join(noisy)} beyond seed noise: no single winner."
         )
-    namex = [r for r in ranked if r["method"].startswith("namex")]
-    if namex and not best["method"].startswith("namex"):
-        nb = namex[0]
-        gap = nb["test_ppl"][0] - best["test_ppl"][0]
-        out.append(
-            f"NAMEx does not win here: its best variant, {nb['method']}, is {gap:.3g} points "
-            f"({100 * gap / best['test_ppl'][0]:.1f}%) behind {best['method']}."
-        )
-    elif namex:
-        others = [r for r in ranked if not r["method"].startswith("namex")]
-        if others:
-            ob = others[0]
-            gap = ob["test_ppl"][0] - best["test_ppl"][0]
+    elif entries:
+        out.append(f"{best} is ahead of every other method beyond seed noise.")
+    namex = [r["method"] for r in ranked if r["method"].startswith("namex")]
+    others = [r["method"] for r in ranked if not r["method"].startswith("namex")]
+    if namex and others:
+        e = paired_difference(runs, namex[0], others[0])
+        if e is not None and e["ci95"] is not None:
+            word = {
+                "lower": "lower (better) than",
+                "higher": "higher (worse) than",
+                "within noise": "within noise of",
+            }[e["status"]]
             out.append(
-                f"The best non-NAMEx method, {ob['method']}, is {gap:.3g} points "
-                f"({100 * gap / best['test_ppl'][0]:.1f}%) behind."
+                f"Best NAMEx variant {namex[0]} vs best other method {others[0]}: "
+                f"{_fmt_diff(e)} perplexity points, {word} it."
             )
     return " ".join(out)

@@ -38,6 +38,7 @@ RUN_FILES = (
     "checkpoints",
     "config.json",
     "metrics.csv",
+    "metrics.csv.damaged",
     "result.json",
     "record.json",
     "tensorboard",

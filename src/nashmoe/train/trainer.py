@@ -77,6 +77,7 @@ from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, prepa
 
 __all__ = [
     "TrainResult",
+    "Trainer",
     "TrainingDiverged",
     "git_state",
     "resolve_dtype",
@@ -103,8 +104,9 @@ class TrainResult:
     """Outcome of :func:`train`.
 
     Attributes:
-        valid, test: ``{"loss", "ppl", "tokens"}`` of the selected (best validation) weights.
-        final_valid: validation of the last step's weights.
+        validation, test: ``{"loss", "ppl", "tokens"}`` of the selected (best validation)
+            weights (``valid``: a deprecated alias).
+        final_validation: validation of the last step's weights (``final_valid``: alias).
         best_step: the step of the selected weights.
         params: ``{"total", "active"}`` parameters.
         timing: ``tokens_per_s``, ``step_time_s`` (mean over timed steps), ``train_time_s``,
@@ -118,9 +120,9 @@ class TrainResult:
     config: TrainConfig
     model_config: GPTConfig
     run_dir: Path
-    valid: dict[str, float]
+    validation: dict[str, float]
     test: dict[str, float]
-    final_valid: dict[str, float]
+    final_validation: dict[str, float]
     best_step: int
     params: dict[str, int]
     timing: dict[str, float]
@@ -128,6 +130,16 @@ class TrainResult:
     base_grad_norm: float | None = None
     model: GPT | None = field(default=None, repr=False)
     corpus: Corpus | None = field(default=None, repr=False)
+
+    @property
+    def valid(self) -> dict[str, float]:
+        """Deprecated alias of :attr:`validation`."""
+        return self.validation
+
+    @property
+    def final_valid(self) -> dict[str, float]:
+        """Deprecated alias of :attr:`final_validation`."""
+        return self.final_validation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,9 +149,9 @@ class TrainResult:
             "preset": self.config.preset,
             "steps": self.config.steps,
             "run_dir": str(self.run_dir),
-            "valid": self.valid,
+            "validation": self.validation,
             "test": self.test,
-            "final_valid": self.final_valid,
+            "final_validation": self.final_validation,
             "best_step": self.best_step,
             "params": self.params,
             "timing": self.timing,
@@ -332,7 +344,8 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress_stream=None,
 ) -> TrainResult:
-    """Train one model as ``config`` describes and evaluate it (see the module docstring).
+    """Train one model as ``config`` describes and evaluate it (see the module docstring):
+    ``Trainer(config, ...).fit()``.
 
     Args:
         config: the run's settings.
@@ -362,19 +375,15 @@ def train(
         OSError: a checkpoint could not be written (``latest.json`` still points at the last
             intact one).
     """
-    if resume not in (True, False, "auto"):
-        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
-    ctx = init_distributed(config.device, config.distributed)
-    lock = None
-    try:
-        lock = _claim_run_dir(config, ctx, resume=resume, overwrite=overwrite)
-        return _train(
-            config, ctx, corpus, resume, allow_missing_optimizer, on_step, progress_stream
-        )
-    finally:
-        if lock is not None:
-            lock.release()
-        shutdown_distributed(ctx)
+    return Trainer(
+        config,
+        corpus=corpus,
+        resume=resume,
+        overwrite=overwrite,
+        allow_missing_optimizer=allow_missing_optimizer,
+        on_step=on_step,
+        progress_stream=progress_stream,
+    ).fit()
 
 
 def _claim_run_dir(
@@ -402,81 +411,214 @@ def _claim_run_dir(
     return lock
 
 
-def _train(
-    config: TrainConfig,
-    ctx: DistContext,
-    corpus: Corpus | None,
-    resume: bool | str,
-    allow_missing_optimizer: bool,
-    on_step: Callable[[int, dict[str, float]], None] | None,
-    progress_stream,
-) -> TrainResult:
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = ctx.device
-    run_dir = Path(config.out_dir)
-    ckpt_root = run_dir / "checkpoints"
-    micro, rem = divmod(config.batch_size, config.grad_accum * ctx.world_size)
-    if rem or micro < 1:
-        raise ValueError(
-            f"batch_size={config.batch_size} must be a multiple of grad_accum × world_size = "
-            f"{config.grad_accum} × {ctx.world_size}"
-        )
+class Trainer:
+    """The training loop of :func:`train`, in named steps that a reader can follow and a
+    subclass can override (as torchtitan's and Lightning's loops are laid out).
 
-    checkpoint = (
-        resume_checkpoint(
-            config,
-            world_size=ctx.world_size,
-            required=resume is True,
-            allow_missing_optimizer=allow_missing_optimizer,
-        )
-        if resume
-        else None
-    )
+    :meth:`fit` runs, in this order::
 
-    if corpus is None:
-        corpus = corpus_for(config)
-    mcfg = build_model_config(config, vocab_size=corpus.vocab_size)
-    for split in ("train", "valid", "test"):
-        n = corpus.split(split).numel()
-        if n < mcfg.block_size + 1:
-            raise ValueError(
-                f"the {split} split has {n} tokens, fewer than block_size + 1 = "
-                f"{mcfg.block_size + 1}"
+        setup()                                  # data, model, optimiser, resume, logs
+        for step in range(start_step, steps):
+            metrics = train_step(step)           # one optimiser step (+ training metrics)
+            if should_evaluate(step + 1):
+                metrics |= evaluate(step + 1)    # validation; keeps the best weights
+            log(step + 1, metrics)               # metrics.csv / TensorBoard, progress bar
+            if should_checkpoint(step + 1):
+                save_checkpoint(step + 1)        # verified, atomic
+        return finish()                          # select on validation, test once
+
+    The order inside a step matters for exact resumption (evaluation runs the Nash solve, which
+    updates the solver's warm start, so the checkpoint is written after it). Distributed runs
+    (DDP, FSDP2 under ``torchrun``) go through the same methods; every collective is reached
+    on every rank. A subclass that overrides a step should call ``super()`` unless it replaces
+    the step entirely (e.g. ``log`` to add a logger, ``evaluate`` to add a metric).
+
+    Attributes set by :meth:`setup` (among others): ``ctx`` (the process group and device),
+    ``corpus``, ``model`` (unwrapped) and ``wrapped`` (DDP / FSDP), ``optimizer``,
+    ``generator`` (the data order), ``monitor`` (MoE diagnostics), ``logger``, ``start_step``,
+    ``best`` (``{"step", "val_loss", "valid"}``), ``last_valid``, ``timing``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        corpus: Corpus | None = None,
+        resume: bool | str = False,
+        overwrite: bool = False,
+        allow_missing_optimizer: bool = False,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        progress_stream=None,
+    ) -> None:
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        self.config = config
+        self.corpus = corpus
+        self.resume = resume
+        self.overwrite = overwrite
+        self.allow_missing_optimizer = allow_missing_optimizer
+        self.on_step = on_step
+        self.progress_stream = progress_stream
+        self.run_dir = Path(config.out_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------------------- the loop
+    def fit(self) -> TrainResult:
+        """Set up, train every remaining step, select on validation and evaluate test once."""
+        self.ctx = init_distributed(self.config.device, self.config.distributed)
+        lock = None
+        try:
+            lock = _claim_run_dir(
+                self.config, self.ctx, resume=self.resume, overwrite=self.overwrite
             )
+            self.setup()
+            try:
+                for step in range(self.start_step, self.config.steps):
+                    done = step + 1
+                    metrics = self.train_step(step)
+                    if self.should_evaluate(done):
+                        metrics.update(self.evaluate(done))
+                    self.log(done, metrics)
+                    if self.on_step is not None:
+                        self.on_step(done, metrics)
+                    if self.should_checkpoint(done):
+                        self.save_checkpoint(done)
+            finally:
+                self.progress.close()
+            return self.finish()
+        finally:
+            if lock is not None:
+                lock.release()
+            shutdown_distributed(self.ctx)
 
-    torch.manual_seed(config.seed)  # identical initialisation on every rank
-    model = GPT(mcfg).to(device)
-    params = model.num_parameters()
-    # Dropout / router noise: a per-rank stream; data order: one generator, equal on all ranks.
-    torch.manual_seed(config.seed + 1 + ctx.rank)
-    generator = torch.Generator().manual_seed(config.seed)
-    wrapped, replicated = wrap_model(model, ctx, find_unused_parameters=(config.method == "smoe"))
-    opt = build_optimizer(
-        model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
-    )
-    amp_dtype = resolve_dtype(config.dtype, device)
+    def should_evaluate(self, done: int) -> bool:
+        """Every ``eval_interval`` steps, and after the last step."""
+        c = self.config
+        return bool(c.eval_interval and done % c.eval_interval == 0) or done == c.steps
 
-    def autocast():
-        if amp_dtype == torch.float32:
+    def should_checkpoint(self, done: int) -> bool:
+        """Every ``ckpt_interval`` steps, and after the last step."""
+        c = self.config
+        return bool(c.ckpt_interval and done % c.ckpt_interval == 0) or done == c.steps
+
+    def should_log(self, done: int) -> bool:
+        """Every ``log_interval`` steps, and after the last step."""
+        return done % self.config.log_interval == 0 or done == self.config.steps
+
+    # ------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        """Load the data, build the model and optimiser (identically seeded on every rank),
+        restore a checkpoint when resuming, and open the logs and ``config.json``."""
+        config, ctx = self.config, self.ctx
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.device = device = ctx.device
+        micro, rem = divmod(config.batch_size, config.grad_accum * ctx.world_size)
+        if rem or micro < 1:
+            raise ValueError(
+                f"batch_size={config.batch_size} must be a multiple of grad_accum × world_size "
+                f"= {config.grad_accum} × {ctx.world_size}"
+            )
+        self.micro_batch_size = micro
+        checkpoint = (
+            resume_checkpoint(
+                config,
+                world_size=ctx.world_size,
+                required=self.resume is True,
+                allow_missing_optimizer=self.allow_missing_optimizer,
+            )
+            if self.resume
+            else None
+        )
+        if self.corpus is None:
+            self.corpus = corpus_for(config)
+        corpus = self.corpus
+        self.model_config = mcfg = build_model_config(config, vocab_size=corpus.vocab_size)
+        for split in ("train", "validation", "test"):
+            n = corpus.split(split).numel()
+            if n < mcfg.block_size + 1:
+                raise ValueError(
+                    f"the {split} split has {n} tokens, fewer than block_size + 1 = "
+                    f"{mcfg.block_size + 1}"
+                )
+
+        torch.manual_seed(config.seed)  # identical initialisation on every rank
+        self.model = model = GPT(mcfg).to(device)
+        self.params = model.num_parameters()
+        # Dropout / router noise: a per-rank stream; data order: one generator, equal on all ranks.
+        torch.manual_seed(config.seed + 1 + ctx.rank)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.wrapped, self.replicated = wrap_model(
+            model, ctx, find_unused_parameters=(config.method == "smoe")
+        )
+        self.optimizer = build_optimizer(
+            model,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            betas=(config.beta1, config.beta2),
+        )
+        self.amp_dtype = resolve_dtype(config.dtype, device)
+        self.monitor = MoEMonitor()
+        self.start_step = 0
+        self.best: dict[str, Any] = {"step": None, "val_loss": math.inf, "valid": None}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_file: Path | None = None  # best weights already on disk (unchanged since)
+        self.timing = {"train_time_s": 0.0, "eval_time_s": 0.0, "steps_timed": 0, "tokens_timed": 0}
+        self.last_valid: dict[str, float] | None = None
+        self.last_base_norm: float | None = None
+        self.last_checkpoint: Path | None = None
+        if checkpoint is not None:
+            self.restore(checkpoint)
+
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = checkpoint is not None
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=config.tensorboard,
+            resume_step=self.start_step if resumed else None,
+            enabled=ctx.is_main,
+        )
+        if ctx.is_main:
+            write_json_atomic(self.run_dir / "config.json", self._config_record(resumed))
+        self.progress = Progress(
+            config.steps,
+            start=self.start_step,
+            desc=f"{config.method} s{config.seed}",
+            enabled=ctx.is_main and config.progress,
+            stream=self.progress_stream,
+        )
+        self.is_ddp = ctx.distributed and ctx.strategy == "ddp"
+        self.tokens_per_step = config.batch_size * mcfg.block_size
+        self._pending_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self._pending_aux = torch.zeros((), dtype=torch.float64, device=device)
+        self._pending_steps = 0
+        self._interval_time = 0.0
+        self._interval_tokens = 0
+        self.eval_kwargs = dict(
+            block_size=mcfg.block_size,
+            batch_size=config.eval_batch_size,
+            device=device,
+            ctx=ctx,
+            autocast=self.autocast,
+        )
+        self.eval_model = self.wrapped if ctx.strategy == "fsdp" else model
+        self.wrapped.train()
+
+    def autocast(self):
+        """bf16 autocast when ``dtype`` resolves to bfloat16; nothing in float32."""
+        if self.amp_dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    monitor = MoEMonitor()
-    start_step = 0
-    best: dict[str, Any] = {"step": None, "val_loss": math.inf, "valid": None}
-    best_state: dict[str, torch.Tensor] | None = None
-    best_file: Path | None = None  # best weights already on disk (unchanged since)
-    timing = {"train_time_s": 0.0, "eval_time_s": 0.0, "steps_timed": 0, "tokens_timed": 0}
-    last_valid: dict[str, float] | None = None
-    last_base_norm: float | None = None
-
-    if checkpoint is not None:
-        st = checkpoint.state
-        _load_full_model_state(wrapped, checkpoint.model_state(), ctx)
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue exactly from ``checkpoint``: weights, optimiser, RNG streams, data order,
+        diagnostics, the best weights so far and the timers."""
+        st, ctx = checkpoint.state, self.ctx
+        _load_full_model_state(self.wrapped, checkpoint.model_state(), ctx)
         opt_state = checkpoint.optimizer_state()
         if opt_state is not None:
-            _load_optimizer_state(wrapped, opt, opt_state, ctx)
+            _load_optimizer_state(self.wrapped, self.optimizer, opt_state, ctx)
         elif ctx.is_main:
             warnings.warn(
                 f"resuming from {checkpoint.path} without its optimizer state "
@@ -485,251 +627,246 @@ def _train(
                 CheckpointWarning,
                 stacklevel=2,
             )
-        _set_rng_state(st["rng"][ctx.rank], device)
-        generator.set_state(_unb64(st["data_generator"]))
-        monitor.load_state_dict(st["monitor"])
-        best = st["best"]
-        timing = st["timing"]
-        last_valid = st.get("last_valid")
-        last_base_norm = st.get("base_grad_norm")
+        _set_rng_state(st["rng"][ctx.rank], self.device)
+        self.generator.set_state(_unb64(st["data_generator"]))
+        self.monitor.load_state_dict(st["monitor"])
+        self.best = st["best"]
+        self.timing = st["timing"]
+        self.last_valid = st.get("last_valid")
+        self.last_base_norm = st.get("base_grad_norm")
         if checkpoint.has_best:
-            best_state = checkpoint.best_model_state()
-            best_file = checkpoint.path / BEST_MODEL
-        start_step = checkpoint.step
-    last_checkpoint: Path | None = checkpoint.path if checkpoint is not None else None
+            self.best_state = checkpoint.best_model_state()
+            self.best_file = checkpoint.path / BEST_MODEL
+        self.start_step = checkpoint.step
+        self.last_checkpoint = checkpoint.path
 
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    logger = MetricsLogger(
-        run_dir,
-        tensorboard=config.tensorboard,
-        resume_step=start_step if checkpoint is not None else None,
-        enabled=ctx.is_main,
-    )
-    if ctx.is_main:
-        write_json_atomic(
-            run_dir / "config.json",
-            {
-                "train": config.to_dict(),
-                "model": mcfg.to_dict(),
-                "params": params,
-                "corpus": corpus.info,
-                "world_size": ctx.world_size,
-                "micro_batch_size": micro,
-                "device": str(device),
-                "autocast_dtype": str(amp_dtype).replace("torch.", ""),
-                "nashmoe_version": nashmoe.__version__,
-                "torch_version": torch.__version__,
-                "python": platform.python_version(),
-                "git": git_state(),
-                "resumed_from_step": start_step if checkpoint is not None else None,
-            },
+    def _config_record(self, resumed: bool) -> dict[str, Any]:
+        """What ``config.json`` holds: the resolved settings and the environment."""
+        ctx = self.ctx
+        return {
+            "train": self.config.to_dict(),
+            "model": self.model_config.to_dict(),
+            "params": self.params,
+            "corpus": self.corpus.info,
+            "world_size": ctx.world_size,
+            "micro_batch_size": self.micro_batch_size,
+            "device": str(self.device),
+            "autocast_dtype": str(self.amp_dtype).replace("torch.", ""),
+            "nashmoe_version": nashmoe.__version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "git": git_state(),
+            "resumed_from_step": self.start_step if resumed else None,
+        }
+
+    # ---------------------------------------------------------------------- one optimiser step
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimiser step (``grad_accum`` micro-batches, gradient clipping, a divergence
+        check before the update); returns the training metrics when ``step + 1`` is a logging
+        step, else ``{}``.
+
+        Raises:
+            TrainingDiverged: a non-finite loss or gradient norm (the weights stay those of the
+                last step).
+        """
+        config, ctx, device = self.config, self.ctx, self.device
+        wrapped, opt = self.wrapped, self.optimizer
+        t0 = time.perf_counter()
+        lr = lr_at(
+            step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup, total=config.steps
         )
-    progress = Progress(
-        config.steps,
-        start=start_step,
-        desc=f"{config.method} s{config.seed}",
-        enabled=ctx.is_main and config.progress,
-        stream=progress_stream,
-    )
-    is_ddp = ctx.distributed and ctx.strategy == "ddp"
-    tokens_per_step = config.batch_size * mcfg.block_size
-    train_data = corpus.train
-    pending_loss = torch.zeros((), dtype=torch.float64, device=device)
-    pending_aux = torch.zeros((), dtype=torch.float64, device=device)
-    pending_steps = 0
-    interval_time = 0.0
-    interval_tokens = 0
-    eval_kwargs = dict(
-        block_size=mcfg.block_size,
-        batch_size=config.eval_batch_size,
-        device=device,
-        ctx=ctx,
-        autocast=autocast,
-    )
-    eval_model = wrapped if ctx.strategy == "fsdp" else model
-    wrapped.train()
-
-    try:
-        for step in range(start_step, config.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(
-                step, lr=config.lr, min_lr=config.min_lr, warmup=config.warmup, total=config.steps
+        for group in opt.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for m in range(config.grad_accum):
+            x, y = get_batch(
+                self.corpus.train,
+                batch_size=self.micro_batch_size,
+                block_size=self.model_config.block_size,
+                generator=self.generator,
+                device=device,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
             )
-            for group in opt.param_groups:
-                group["lr"] = lr
-            step_loss = torch.zeros((), dtype=torch.float64, device=device)
-            for m in range(config.grad_accum):
-                x, y = get_batch(
-                    train_data,
-                    batch_size=micro,
-                    block_size=mcfg.block_size,
-                    generator=generator,
-                    device=device,
-                    rank=ctx.rank,
-                    world_size=ctx.world_size,
-                )
-                sync = (
-                    wrapped.no_sync()
-                    if is_ddp and m < config.grad_accum - 1
-                    else contextlib.nullcontext()
-                )
-                with sync:
-                    with autocast():
-                        out = wrapped(x, y)
-                    loss = (out.loss + out.aux_loss) / config.grad_accum
-                    loss.backward()
-                step_loss += loss.detach().double()
-                pending_loss += out.loss.detach().double() / config.grad_accum
-                pending_aux += out.aux_loss.detach().double() / config.grad_accum
-                monitor.update(out.aux)
-            average_gradients(replicated, ctx)  # FSDP: the parameters it leaves unsharded
-            done = step + 1
-            log_now = done % config.log_interval == 0 or done == config.steps
-            base_norm = base_grad_norm(model) if log_now else None
-            if config.grad_clip > 0:
-                grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
-                check_norm = grad_norm
-            else:
-                grad_norm = None
-                grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
-                check_norm = nn.utils.get_total_norm(grads) if grads else None
-            bad = nonfinite_report(step_loss, check_norm, ctx)
-            if bad is not None:  # before the update: the weights stay those of the last step
-                raise TrainingDiverged(done, bad, last_checkpoint)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            pending_steps += 1
-            if device.type == "cuda" and log_now:
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - t0
-            if step > start_step:  # the first step of a process includes one-off set-up costs
-                timing["train_time_s"] += elapsed
-                timing["steps_timed"] += 1
-                timing["tokens_timed"] += tokens_per_step
-            interval_time += elapsed
-            interval_tokens += tokens_per_step
+            sync = (
+                wrapped.no_sync()
+                if self.is_ddp and m < config.grad_accum - 1
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with self.autocast():
+                    out = wrapped(x, y)
+                loss = (out.loss + out.aux_loss) / config.grad_accum
+                loss.backward()
+            step_loss += loss.detach().double()
+            self._pending_loss += out.loss.detach().double() / config.grad_accum
+            self._pending_aux += out.aux_loss.detach().double() / config.grad_accum
+            self.monitor.update(out.aux)
+        average_gradients(self.replicated, ctx)  # FSDP: the parameters it leaves unsharded
+        done = step + 1
+        log_now = self.should_log(done)
+        base_norm = base_grad_norm(self.model) if log_now else None
+        if config.grad_clip > 0:
+            grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+            check_norm = grad_norm
+        else:
+            grad_norm = None
+            grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
+            check_norm = nn.utils.get_total_norm(grads) if grads else None
+        bad = nonfinite_report(step_loss, check_norm, ctx)
+        if bad is not None:  # before the update: the weights stay those of the last step
+            raise TrainingDiverged(done, bad, self.last_checkpoint)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self._pending_steps += 1
+        if device.type == "cuda" and log_now:
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        if step > self.start_step:  # the first step of a process includes one-off set-up costs
+            self.timing["train_time_s"] += elapsed
+            self.timing["steps_timed"] += 1
+            self.timing["tokens_timed"] += self.tokens_per_step
+        self._interval_time += elapsed
+        self._interval_tokens += self.tokens_per_step
+        if not log_now:
+            return {}
+        return self._training_metrics(lr, grad_norm, base_norm)
 
-            metrics: dict[str, float] = {}
-            if log_now:
-                sums = torch.stack([pending_loss, pending_aux])
-                all_reduce_sum(sums, ctx)
-                sums = (sums / (ctx.world_size * pending_steps)).tolist()
-                metrics.update(
-                    {
-                        "train/loss": sums[0],
-                        "train/aux_loss": sums[1],
-                        "train/lr": lr,
-                        "train/tokens_per_s": interval_tokens / max(interval_time, 1e-9),
-                        "train/step_ms": 1000.0 * interval_time / pending_steps,
-                    }
-                )
-                if grad_norm is not None:
-                    metrics["train/grad_norm"] = float(grad_norm)
-                if base_norm is not None:
-                    last_base_norm = float(base_norm)
-                    metrics["grad/base_norm"] = last_base_norm
-                metrics.update(monitor.snapshot())
-                pending_loss.zero_()
-                pending_aux.zero_()
-                pending_steps = 0
-                interval_time, interval_tokens = 0.0, 0
-            if (config.eval_interval and done % config.eval_interval == 0) or (
-                done == config.steps
-            ):
-                te = time.perf_counter()
-                last_valid = evaluate(eval_model, corpus.valid, **eval_kwargs)
-                timing["eval_time_s"] += time.perf_counter() - te
-                if not math.isfinite(last_valid["loss"]):
-                    raise TrainingDiverged(
-                        done, f"validation loss ({last_valid['loss']})", last_checkpoint
-                    )
-                metrics["val/loss"] = last_valid["loss"]
-                metrics["val/ppl"] = last_valid["ppl"]
-                if last_valid["loss"] < best["val_loss"]:
-                    best = {"step": done, "val_loss": last_valid["loss"], "valid": last_valid}
-                    best_state = _full_model_state(wrapped, ctx)
-                    best_file = None
-            if metrics:
-                logger.log(done, metrics)
-                progress.update(
-                    done,
-                    loss=metrics.get("train/loss", float("nan")),
-                    tok_s=metrics.get("train/tokens_per_s", float("nan")),
-                    **({"val": metrics["val/loss"]} if "val/loss" in metrics else {}),
-                )
-            else:
-                progress.update(done)
-            if on_step is not None:
-                on_step(done, metrics)
-            if (config.ckpt_interval and done % config.ckpt_interval == 0) or (
-                done == config.steps
-            ):
-                best_file, last_checkpoint = _write_checkpoint(
-                    ckpt_root,
-                    done,
-                    ctx=ctx,
-                    wrapped=wrapped,
-                    opt=opt,
-                    generator=generator,
-                    config=config,
-                    mcfg=mcfg,
-                    corpus=corpus,
-                    monitor=monitor,
-                    best=best,
-                    best_state=best_state,
-                    best_file=best_file,
-                    timing=timing,
-                    last_valid=last_valid,
-                    base_norm=last_base_norm,
-                )
-    finally:
-        progress.close()
+    def _training_metrics(
+        self, lr: float, grad_norm: torch.Tensor | None, base_norm: torch.Tensor | None
+    ) -> dict[str, float]:
+        """The metrics of the steps since the last log (averaged over ranks), then reset."""
+        sums = torch.stack([self._pending_loss, self._pending_aux])
+        all_reduce_sum(sums, self.ctx)
+        sums = (sums / (self.ctx.world_size * self._pending_steps)).tolist()
+        metrics = {
+            "train/loss": sums[0],
+            "train/aux_loss": sums[1],
+            "train/lr": lr,
+            "train/tokens_per_s": self._interval_tokens / max(self._interval_time, 1e-9),
+            "train/step_ms": 1000.0 * self._interval_time / self._pending_steps,
+        }
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if base_norm is not None:
+            self.last_base_norm = float(base_norm)
+            metrics["grad/base_norm"] = self.last_base_norm
+        metrics.update(self.monitor.snapshot())
+        self._pending_loss.zero_()
+        self._pending_aux.zero_()
+        self._pending_steps = 0
+        self._interval_time, self._interval_tokens = 0.0, 0
+        return metrics
 
-    # Select on validation, report test once.
-    if best["step"] != config.steps and best_state is not None:
-        _load_full_model_state(wrapped, best_state, ctx)
-    te = time.perf_counter()
-    test = evaluate(eval_model, corpus.test, **eval_kwargs)
-    timing["eval_time_s"] += time.perf_counter() - te
-    valid = best["valid"]
-    steps_timed = max(timing["steps_timed"], 1)
-    timing_out = {
-        "tokens_per_s": timing["tokens_timed"] / max(timing["train_time_s"], 1e-9),
-        "step_time_s": timing["train_time_s"] / steps_timed,
-        "train_time_s": timing["train_time_s"],
-        "eval_time_s": timing["eval_time_s"],
-        "steps_timed": timing["steps_timed"],
-    }
-    result = TrainResult(
-        config=config,
-        model_config=mcfg,
-        run_dir=run_dir,
-        valid=valid,
-        test=test,
-        final_valid=last_valid,
-        best_step=best["step"],
-        params=params,
-        timing=timing_out,
-        nash=monitor.totals(),
-        base_grad_norm=last_base_norm,
-        model=model.eval(),
-        corpus=corpus,
-    )
-    if ctx.is_main:
-        logger.log(
-            config.steps,
-            {
-                "test/loss": test["loss"],
-                "test/ppl": test["ppl"],
-                "selected/val_loss": valid["loss"],
-                "selected/step": float(best["step"]),
-            },
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self, done: int) -> dict[str, float]:
+        """Exact validation loss and perplexity after step ``done``; keeps the weights when they
+        are the best so far (the selection is on validation only). Returns the metrics to log.
+
+        Raises:
+            TrainingDiverged: a non-finite validation loss.
+        """
+        te = time.perf_counter()
+        valid = evaluate(self.eval_model, self.corpus.validation, **self.eval_kwargs)
+        self.timing["eval_time_s"] += time.perf_counter() - te
+        self.last_valid = valid
+        if not math.isfinite(valid["loss"]):
+            raise TrainingDiverged(done, f"validation loss ({valid['loss']})", self.last_checkpoint)
+        if valid["loss"] < self.best["val_loss"]:
+            self.best = {"step": done, "val_loss": valid["loss"], "valid": valid}
+            self.best_state = _full_model_state(self.wrapped, self.ctx)
+            self.best_file = None
+        return {"validation/loss": valid["loss"], "validation/ppl": valid["ppl"]}
+
+    # ------------------------------------------------------------------------------- logging
+    def log(self, done: int, metrics: dict[str, float]) -> None:
+        """Write ``metrics`` (rank 0: ``metrics.csv`` and TensorBoard) and move the progress bar."""
+        if not metrics:
+            self.progress.update(done)
+            return
+        self.logger.log(done, metrics)
+        extra = {"val": metrics["validation/loss"]} if "validation/loss" in metrics else {}
+        self.progress.update(
+            done,
+            loss=metrics.get("train/loss", float("nan")),
+            tok_s=metrics.get("train/tokens_per_s", float("nan")),
+            **extra,
         )
-        logger.close()
-        write_json_atomic(run_dir / "result.json", result.to_dict())
-    barrier(ctx)
-    return result
+
+    # ------------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, done: int) -> None:
+        """Write a verified checkpoint of step ``done`` (collectives on every rank, files on
+        rank 0; the best weights are linked when unchanged since the last checkpoint).
+
+        Raises:
+            OSError: on every rank, when rank 0 could not write it.
+        """
+        self.best_file, self.last_checkpoint = _write_checkpoint(
+            self.ckpt_root,
+            done,
+            ctx=self.ctx,
+            wrapped=self.wrapped,
+            opt=self.optimizer,
+            generator=self.generator,
+            config=self.config,
+            mcfg=self.model_config,
+            corpus=self.corpus,
+            monitor=self.monitor,
+            best=self.best,
+            best_state=self.best_state,
+            best_file=self.best_file,
+            timing=self.timing,
+            last_valid=self.last_valid,
+            base_norm=self.last_base_norm,
+        )
+
+    # ------------------------------------------------------------------------------- the end
+    def finish(self) -> TrainResult:
+        """Load the weights selected on validation, evaluate test once, write ``result.json``."""
+        config, ctx, timing = self.config, self.ctx, self.timing
+        if self.best["step"] != config.steps and self.best_state is not None:
+            _load_full_model_state(self.wrapped, self.best_state, ctx)
+        te = time.perf_counter()
+        test = evaluate(self.eval_model, self.corpus.test, **self.eval_kwargs)
+        timing["eval_time_s"] += time.perf_counter() - te
+        valid = self.best["valid"]
+        steps_timed = max(timing["steps_timed"], 1)
+        timing_out = {
+            "tokens_per_s": timing["tokens_timed"] / max(timing["train_time_s"], 1e-9),
+            "step_time_s": timing["train_time_s"] / steps_timed,
+            "train_time_s": timing["train_time_s"],
+            "eval_time_s": timing["eval_time_s"],
+            "steps_timed": timing["steps_timed"],
+        }
+        result = TrainResult(
+            config=config,
+            model_config=self.model_config,
+            run_dir=self.run_dir,
+            validation=valid,
+            test=test,
+            final_validation=self.last_valid,
+            best_step=self.best["step"],
+            params=self.params,
+            timing=timing_out,
+            nash=self.monitor.totals(),
+            base_grad_norm=self.last_base_norm,
+            model=self.model.eval(),
+            corpus=self.corpus,
+        )
+        if ctx.is_main:
+            self.logger.log(
+                config.steps,
+                {
+                    "test/loss": test["loss"],
+                    "test/ppl": test["ppl"],
+                    "selected/validation_loss": valid["loss"],
+                    "selected/step": float(self.best["step"]),
+                },
+            )
+            self.logger.close()
+            write_json_atomic(self.run_dir / "result.json", result.to_dict())
+        barrier(ctx)
+        return result
 
 
 def _write_checkpoint(

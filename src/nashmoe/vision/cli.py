@@ -23,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nashmoe._argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from nashmoe._argtypes import (
+    add_seeds_argument,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["DEFAULT_METHODS", "add_arguments", "run"]
 
@@ -58,13 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--method",
+        "--methods",
+        dest="method",
         action="append",
         default=None,
         help="method(s): a comma list, repeatable, or 'all' (default: "
         + ",".join(DEFAULT_METHODS)
         + ")",
     )
-    add("--seeds", default="1", help="a count (3 → seeds 0,1,2) or a comma list (0,4,7)")
+    add_seeds_argument(parser, default=1)
     add("--epochs", type=positive_int, default=10, help="training epochs")
     add(
         "--train-limit",
@@ -129,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--out", default="runs/vision", help="output folder")
     add("--resume", action="store_true", help="reuse finished runs found in --out/runs")
-    add("--no-plot", action="store_true", help="skip the PNG plot")
+    add("--no-plots", action="store_true", help="skip the PNG plot")
+    add("--no-plot", dest="no_plots", action="store_true", help=argparse.SUPPRESS)  # old spelling
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(_parser=parser)
 
@@ -211,7 +220,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         augment=not args.no_augment,
         eval_batch_size=args.eval_batch_size,
     )
-    if not args.no_plot:
+    if not args.no_plots:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
@@ -252,7 +261,11 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["nashmoe", "vision"]
     for action in parser._actions:
         dest = action.dest
-        if dest in ("help", "_parser") or not action.option_strings:
+        if (
+            dest in ("help", "_parser")
+            or not action.option_strings
+            or action.help == argparse.SUPPRESS  # a hidden old spelling
+        ):
             continue
         value = getattr(args, dest, None)
         if value == defaults.get(dest):
@@ -260,6 +273,8 @@ def _command(args: argparse.Namespace) -> str:
         flag = action.option_strings[-1]
         if isinstance(value, bool):
             parts.append(flag)
+        elif dest == "seeds":
+            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
         elif isinstance(value, list):
             parts += [x for v in value for x in (flag, str(v))]
         else:
@@ -478,7 +493,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     (out / "results.md").write_text(table + "\n")
     print(table)
-    if not args.no_plot:
+    if not args.no_plots:
         plot_severity(summary, out / "accuracy_vs_severity.png")
     log(f"wrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s)")
     return 0

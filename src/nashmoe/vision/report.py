@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from nashmoe.moe import METHODS
+from nashmoe.palette import colors
 
 __all__ = [
     "METHOD_COLORS",
@@ -29,20 +30,8 @@ __all__ = [
     "summarize",
 ]
 
-_TAB10 = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-METHOD_COLORS: dict[str, str] = {m: _TAB10[i % len(_TAB10)] for i, m in enumerate(METHODS)}
-"""A fixed colour per method (matplotlib's tab10 in the order of :data:`nashmoe.moe.METHODS`)."""
+METHOD_COLORS: dict[str, str] = colors(METHODS)
+"""A fixed colour per method, the same as in every other figure (:mod:`nashmoe.palette`)."""
 
 SCALARS = ("clean_accuracy", "mean_corruption_accuracy", "accuracy_drop", "mCE")
 

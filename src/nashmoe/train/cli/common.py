@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
-from nashmoe._argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-from nashmoe.data import CORPORA, TOKENIZERS
+from nashmoe._argtypes import (
+    check_installed,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    report_error,
+)
+from nashmoe.data import CORPORA, TOKENIZERS, check_corpus_spec, check_tokenizer_spec
 from nashmoe.models import PRESETS
 from nashmoe.train.config import DTYPES, TrainConfig, parse_model_overrides
+
+__all__ = [
+    "USER_ERRORS",
+    "add_common_arguments",
+    "auto_threads",
+    "check_extras",
+    "check_output_file",
+    "config_from_args",
+    "report_error",
+]
 
 #: Errors a user can fix (bad option, missing or unreadable data file, a damaged checkpoint, an
 #: unwritable or full output directory, a missing extra): one line, exit code 2.
@@ -21,9 +37,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
     """Data, model, optimiser, evaluation, logging and hardware options."""
     d = defaults
     data = parser.add_argument_group("data")
-    data.add_argument("--corpus", choices=CORPORA, default=d.get("corpus", "shakespeare"))
     data.add_argument(
-        "--tokenizer", choices=TOKENIZERS, default=None, help="default: char / word per corpus"
+        "--corpus",
+        default=d.get("corpus", "shakespeare"),
+        metavar="NAME|PATH",
+        help=f"{' or '.join(CORPORA)}; or your own text: a text file (split 90/5/5), a "
+        "directory with train/validation/test files, or datasets:PATH (local files read with "
+        "the datasets package)",
+    )
+    data.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="KIND|PATH",
+        help=f"{', '.join(TOKENIZERS)}, a tokenizer.json file, or a tokenizer directory "
+        "(AutoTokenizer; local files only). Default: word for brown, char otherwise",
     )
     data.add_argument(
         "--data-dir", default=None, help="data directory (default $NASHMOE_DATA); brown, gpt2"
@@ -99,7 +126,8 @@ def auto_threads(requested: int, jobs: int = 1) -> int:
 
 
 def config_from_args(args: argparse.Namespace, **fields: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from the common options plus ``fields``."""
+    """A :class:`TrainConfig` from the common options plus ``fields`` (which win)."""
+    fields.setdefault("model", parse_model_overrides(args.overrides))
     return TrainConfig(
         corpus=args.corpus,
         tokenizer=args.tokenizer,
@@ -108,7 +136,6 @@ def config_from_args(args: argparse.Namespace, **fields: Any) -> TrainConfig:
         min_freq=args.min_freq,
         bpe_vocab_size=args.bpe_vocab_size,
         preset=args.preset,
-        model=parse_model_overrides(args.overrides),
         steps=args.steps,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
@@ -146,7 +173,32 @@ def check_output_file(path: str | os.PathLike[str], *, option: str) -> None:
         raise ValueError(f"{option} {path}: the directory {parent} is not writable")
 
 
-def report_error(command: str, err: BaseException) -> int:
-    """Print a user error as one line on stderr; the exit code (2)."""
-    print(f"nashmoe {command}: error: {err}", file=sys.stderr)
-    return 2
+def check_extras(
+    config: TrainConfig | None = None, *, checkpoints: bool = True, plots: bool = False
+) -> None:
+    """Name a missing optional package before any work starts (not after the corpus and the
+    model are loaded), and a corpus or tokenizer path that does not exist: safetensors for
+    checkpoints, tensorboard for ``--tensorboard on``,
+    tokenizers for BPE / GPT-2 / ``tokenizer.json`` tokenizers, matplotlib for plots.
+
+    Raises:
+        ImportError: ``<what> needs <package>: pip install 'nashmoe[<extra>]'``.
+    """
+    if checkpoints:
+        check_installed("safetensors", extra="train", purpose="checkpoints")
+    if config is not None:
+        check_corpus_spec(config.corpus)
+        check_tokenizer_spec(config.tokenizer)
+        if config.tokenizer is not None and config.tokenizer not in TOKENIZERS:
+            check_installed("tokenizers", extra="train", purpose=f"--tokenizer {config.tokenizer}")
+        if config.tensorboard == "on":
+            check_installed(
+                "tensorboard",
+                extra="tensorboard",
+                purpose="--tensorboard on",
+                hint="or pass --tensorboard off",
+            )
+        if config.tokenizer in ("bpe", "gpt2"):
+            check_installed("tokenizers", extra="train", purpose=f"--tokenizer {config.tokenizer}")
+    if plots:
+        check_installed("matplotlib", extra="plot", purpose="plots", hint="or pass --no-plots")

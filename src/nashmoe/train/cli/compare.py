@@ -16,15 +16,17 @@ import shlex
 import sys
 from typing import Any
 
-from nashmoe._argtypes import positive_int
+from nashmoe._argtypes import add_seeds_argument, positive_int
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
     auto_threads,
+    check_extras,
     config_from_args,
     report_error,
 )
-from nashmoe.train.compare import compare, parse_methods, parse_seeds
+from nashmoe.train.compare import check_options_used, compare, parse_methods, parse_seeds
+from nashmoe.train.config import options_for_method, parse_model_overrides
 from nashmoe.train.distributed import resolve_device
 
 # The default budget: all nine methods, one seed, evaluation and plots in about 6-8 minutes on a
@@ -46,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default="all", help="comma-separated methods (default all nine)"
     )
-    parser.add_argument(
-        "--seeds", default="1", help="a count (3 → seeds 0,1,2) or a list (0,5,7); default 1"
-    )
+    add_seeds_argument(parser, default=1, help="the same seeds for every method")
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument(
         "--jobs", type=positive_int, default=1, help="trainings in parallel processes"
@@ -81,6 +81,8 @@ def _command(args: argparse.Namespace) -> str:
         flag = action.option_strings[-1]
         if isinstance(value, bool):
             parts.append(flag)
+        elif dest == "seeds":
+            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
         elif isinstance(value, list):
             parts += [x for v in value for x in (flag, str(v))]
         else:
@@ -94,23 +96,24 @@ def run(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if not args.out.strip():
+            raise ValueError("--out is empty (an output directory is needed)")
         if args.resume and args.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         resolve_device(args.device)
         # every method's shape is checked now (a segment length that does not divide the block
         # size fails here, not after hours of training the methods before it)
+        overrides = parse_model_overrides(args.overrides)
+        check_options_used(overrides, methods)
         base = config_from_args(
-            args, method=methods[0], threads=auto_threads(args.threads, args.jobs)
+            args,
+            method=methods[0],
+            model=options_for_method(overrides, methods[0]),
+            threads=auto_threads(args.threads, args.jobs),
         )
         for m in methods[1:]:
-            base.replace(method=m)
-        if not args.no_plots:
-            import importlib.util
-
-            if importlib.util.find_spec("matplotlib") is None:
-                raise ImportError(
-                    "plots need matplotlib: pip install 'nashmoe[plot]' (or pass --no-plots)"
-                )
+            base.replace(method=m, model=options_for_method(overrides, m))
+        check_extras(base, plots=not args.no_plots)
     except USER_ERRORS as err:
         return report_error("compare", err)
     try:
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             plots=not args.no_plots,
+            model_overrides=overrides,
             command=_command(args),
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
         )

@@ -2,7 +2,7 @@
 
 Example::
 
-    nashmoe eval runs/shakespeare-tiny-namex-full-mom-s0 --split valid,test
+    nashmoe eval runs/shakespeare-tiny-namex-full-mom-s0 --split validation,test
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import math
 import torch
 
 from nashmoe._argtypes import positive_int
-from nashmoe.data import SPLITS, load_corpus
-from nashmoe.train.cli.common import USER_ERRORS, check_output_file, report_error
+from nashmoe.data import SPLIT_ALIASES, SPLITS, canonical_split, load_corpus
+from nashmoe.train.cli.common import USER_ERRORS, check_extras, check_output_file, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.evaluate import evaluate
 from nashmoe.train.restore import WEIGHTS, load_model
@@ -24,7 +24,11 @@ from nashmoe.train.trainer import resolve_dtype
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory or a checkpoint directory")
-    parser.add_argument("--split", default="valid,test", help="comma-separated: train,valid,test")
+    parser.add_argument(
+        "--split",
+        default="validation,test",
+        help="comma-separated: train, validation (or valid), test",
+    )
     parser.add_argument(
         "--weights", choices=WEIGHTS, default="best", help="best validation (default) or last"
     )
@@ -40,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         splits = [s.strip() for s in args.split.split(",") if s.strip()]
-        bad = [s for s in splits if s not in SPLITS]
+        bad = [s for s in splits if s not in SPLITS and s not in SPLIT_ALIASES]
         if bad or not splits:
             raise ValueError(f"unknown split(s) {bad or args.split!r}; choose from {SPLITS}")
+        splits = list(dict.fromkeys(canonical_split(s) for s in splits))
         device = resolve_device(args.device)
         if args.json:
             check_output_file(args.json, option="--json")
+        check_extras()  # safetensors, before the checkpoint is opened
         loaded = load_model(args.checkpoint, weights=args.weights, device=device)
         cfg = loaded.config
         corpus = load_corpus(

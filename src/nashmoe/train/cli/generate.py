@@ -13,7 +13,7 @@ import sys
 import torch
 
 from nashmoe._argtypes import nonneg_float
-from nashmoe.train.cli.common import USER_ERRORS, report_error
+from nashmoe.train.cli.common import USER_ERRORS, check_extras, report_error
 from nashmoe.train.distributed import resolve_device
 from nashmoe.train.restore import WEIGHTS, load_model
 
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if args.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {args.samples}")
         device = resolve_device(args.device)
+        check_extras()  # safetensors, before the checkpoint is opened
         loaded = load_model(args.checkpoint, weights=args.weights, device=device)
         tok = loaded.tokenizer
         ids = tok.encode(args.prompt) if args.prompt else []

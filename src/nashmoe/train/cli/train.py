@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 
 from nashmoe.moe import METHODS
+from nashmoe.train.checkpoint import CheckpointWarning
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
     auto_threads,
+    check_extras,
     config_from_args,
     report_error,
 )
@@ -79,19 +82,24 @@ def run(args: argparse.Namespace) -> int:
             distributed=args.distributed,
             threads=auto_threads(args.threads),
         )
+        if args.out is not None and not args.out.strip():
+            raise ValueError("--out is empty (a run directory is needed)")
         if args.resume and args.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         if args.allow_missing_optimizer and not args.resume:
             raise ValueError("--allow-missing-optimizer only applies with --resume")
+        check_extras(config)
         resolve_device(args.device)
         # checked again by train() under the run lock; here before the corpus is loaded
         if args.resume:
-            resume_checkpoint(
-                config,
-                world_size=world,
-                required=True,
-                allow_missing_optimizer=args.allow_missing_optimizer,
-            )
+            with warnings.catch_warnings():  # train() checks again and warns then (once)
+                warnings.simplefilter("ignore", CheckpointWarning)
+                resume_checkpoint(
+                    config,
+                    world_size=world,
+                    required=True,
+                    allow_missing_optimizer=args.allow_missing_optimizer,
+                )
         elif not args.overwrite and is_existing_run(config.out_dir):
             raise RunDirError(
                 f"--out {config.out_dir} already holds a run; pass --resume to continue it or "
@@ -115,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         summary = {
             "run_dir": str(result.run_dir),
-            "valid_ppl": round(result.valid["ppl"], 4),
+            "validation_ppl": round(result.validation["ppl"], 4),
             "test_ppl": round(result.test["ppl"], 4),
             "best_step": result.best_step,
             "params": result.params,
