@@ -190,7 +190,9 @@ def run_benchmark(
             results.append(res)
             done(res, k)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        from nashmoe._workers import worker_initializer
+
+        with ProcessPoolExecutor(max_workers=jobs, initializer=worker_initializer()) as pool:
             futures = [pool.submit(_run_job, j) for j in todo]
             for k, fut in enumerate(as_completed(futures), 1):
                 res = fut.result()

@@ -351,7 +351,13 @@ def _compare_locked(
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        from nashmoe._workers import worker_initializer
+
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=worker_initializer(),
+        ) as pool:
             futures = [pool.submit(_run_one, cfg.to_dict(), resume, overwrite) for cfg in configs]
             for fut in as_completed(futures):
                 done(fut.result())

@@ -516,10 +516,15 @@ def _run_parallel(jobs: int, plan: dict[str, Any], todo: list, bar: _Bar, finish
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from nashmoe._workers import worker_initializer
+
     ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
     q = ctx.Queue()  # progress: images done, handed to the workers when they start
     with ProcessPoolExecutor(
-        max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
+        max_workers=min(jobs, len(todo)),
+        mp_context=ctx,
+        initializer=worker_initializer(_init_worker),
+        initargs=(q,),
     ) as pool:
         pending = {}
         for method, seed, key, path in todo:

@@ -1,0 +1,88 @@
+"""Pool workers end when their parent is killed (an interrupted ``--jobs 2`` run leaves nothing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from nashmoe.train._process import pid_alive
+
+PARENT = textwrap.dedent(
+    """
+    import multiprocessing as mp, os, signal, sys, time
+    from concurrent.futures import ProcessPoolExecutor
+    from nashmoe._workers import worker_initializer
+
+    def work(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+
+    if __name__ == "__main__":
+        path = sys.argv[1]
+        init = worker_initializer() if sys.argv[2] == "watched" else None
+        pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=init)
+        pool.submit(work, path)
+        while not os.path.exists(path) or not open(path).read():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _orphan(tmp_path: Path, mode: str) -> int:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    pid_file = tmp_path / f"worker-{mode}.pid"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(pid_file), mode], timeout=120, capture_output=True
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    return int(pid_file.read_text())
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:  # reap it if it is our child (it is not: it was the killed parent's)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid) or _zombie(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    worker = _orphan(tmp_path, "watched")
+    try:
+        assert _gone_within(worker, 10.0), f"worker {worker} outlived its killed parent"
+    finally:
+        if pid_alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")
+def test_without_the_initializer_a_worker_outlives_its_parent(tmp_path):
+    """The control: what the initializer prevents does happen without it."""
+    worker = _orphan(tmp_path, "plain")
+    try:
+        assert not _gone_within(worker, 3.0)
+    finally:
+        os.kill(worker, signal.SIGKILL)
