@@ -41,10 +41,14 @@ def _orphan(tmp_path: Path, mode: str) -> int:
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     pid_file = tmp_path / f"worker-{mode}.pid"
+    # No pipes: an orphaned worker would hold them open, and run() would wait for it.
     proc = subprocess.run(
-        [sys.executable, str(script), str(pid_file), mode], timeout=120, capture_output=True
+        [sys.executable, str(script), str(pid_file), mode],
+        timeout=120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert proc.returncode == -signal.SIGKILL
     return int(pid_file.read_text())
 
 
