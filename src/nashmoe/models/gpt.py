@@ -35,6 +35,7 @@ from nashmoe.moe import (
     SegmentCache,
     link_moe_layers,
 )
+from nashmoe.moe.config import config_with_used_options
 from nashmoe.moe.state import PropagationState
 
 __all__ = ["GPT", "PRESETS", "GPTConfig", "GPTOutput"]
@@ -163,17 +164,7 @@ class GPTConfig:
             base.update(
                 unit="segment", segment_len=self.segment_len, first_segment=self.first_segment
             )
-        options = {**base, **self.moe_options}
-        # Keep only the options this method uses: try each, drop what it rejects as unused.
-        for key in list(self.moe_options):
-            try:
-                MoEConfig(**{**base, key: self.moe_options[key]})
-            except ValueError as err:
-                if "only used by" in str(err):
-                    options.pop(key)
-                else:
-                    raise
-        return MoEConfig(**options)
+        return config_with_used_options(base, self.moe_options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

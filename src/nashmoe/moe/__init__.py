@@ -22,6 +22,8 @@ from nashmoe.moe.config import (
     NASH_METHODS,
     PROPAGATING_METHODS,
     MoEConfig,
+    UnusedOptionError,
+    config_with_used_options,
 )
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.gating import update_router_biases
@@ -44,8 +46,10 @@ __all__ = [
     "PropagationChain",
     "PropagationState",
     "SegmentCache",
+    "UnusedOptionError",
     "capture_moe_inputs",
     "collect_aux",
+    "config_with_used_options",
     "expert_output_similarity",
     "link_moe_layers",
     "router_z_loss",

@@ -17,6 +17,8 @@ __all__ = [
     "NASH_METHODS",
     "PROPAGATING_METHODS",
     "MoEConfig",
+    "UnusedOptionError",
+    "config_with_used_options",
 ]
 
 METHODS = (
@@ -66,6 +68,14 @@ DEFAULT_MOMENTUM = 0.3
 DEFAULT_MOMENTUM_ANGLE = math.pi / 6
 DEFAULT_CURVATURE_RANK = 0
 DEFAULT_CURVATURE_INIT = 1.0
+
+
+class UnusedOptionError(ValueError):
+    """A field was set that the chosen method does not use (``field``, ``used_by``)."""
+
+    def __init__(self, field: str, used_by: str, method: str) -> None:
+        super().__init__(f"{field} is only used by {used_by}, not by method {method!r}")
+        self.field, self.used_by, self.method = field, used_by, method
 
 
 @dataclass(frozen=True)
@@ -262,7 +272,7 @@ class MoEConfig:
         def only_for(field: str, methods: tuple[str, ...], what: str) -> bool:
             given = getattr(self, field) is not None
             if given and m not in methods:
-                raise ValueError(f"{field} is only used by {what}, not by method {m!r}")
+                raise UnusedOptionError(field, what, m)
             return given
 
         def resolve(field: str, value) -> None:
@@ -446,9 +456,9 @@ class MoEConfig:
         routed = "methods with a router (not 'dense')"
         if m == "dense":
             if self.router_bias:
-                raise ValueError("router_bias is only used by methods with a router, not 'dense'")
+                raise UnusedOptionError("router_bias", routed, m)
             if self.shared_experts:
-                raise ValueError(f"shared_experts is only used by {routed}")
+                raise UnusedOptionError("shared_experts", routed, m)
         if not isinstance(self.router_bias, bool):
             raise ValueError(f"router_bias must be a bool, got {self.router_bias!r}")
         if not isinstance(self.shared_experts, int) or self.shared_experts < 0:
@@ -494,3 +504,16 @@ class MoEConfig:
     def to_dict(self) -> dict:
         """The resolved settings as a JSON-serialisable dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def config_with_used_options(base: dict, options: dict) -> MoEConfig:
+    """``MoEConfig(**base, **options)`` keeping only the ``options`` that ``base["method"]``
+    uses: a model-wide option set (e.g. ``gamma``) applies to the methods that take it and is
+    dropped for the others. Any other invalid option still raises."""
+    kept = dict(options)
+    for key, value in options.items():
+        try:
+            MoEConfig(**{**base, key: value})
+        except UnusedOptionError:
+            kept.pop(key)
+    return MoEConfig(**{**base, **kept})

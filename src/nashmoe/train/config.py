@@ -21,7 +21,7 @@ from nashmoe.data import CORPORA, TOKENIZERS, check_corpus_spec, corpus_label
 from nashmoe.data._pretrained import is_tokenizer_path
 from nashmoe.models import PRESETS, GPTConfig
 from nashmoe.moe import METHODS, MoEConfig
-from nashmoe.moe.config import MERGING_METHODS, NASH_METHODS
+from nashmoe.moe.config import MERGING_METHODS, NASH_METHODS, UnusedOptionError
 
 __all__ = [
     "DISTRIBUTED",
@@ -99,11 +99,9 @@ def _unused_reason(method: str, key: str, value: Any, *, moe: bool) -> str | Non
         probe["top_k"] = 1
     try:
         MoEConfig(**probe, **{key: value})
-    except ValueError as err:
-        text = str(err)
-        if "only used by" in text:
-            return "only used by " + text.split("only used by ", 1)[1].split(", not by method")[0]
-    except TypeError:
+    except UnusedOptionError as err:
+        return f"only used by {err.used_by}"
+    except (TypeError, ValueError):
         return None
     return None
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nashmoe.moe import METHODS, MoEAux, MoEConfig, MoEFeedForward
+from nashmoe.moe.config import config_with_used_options
 from nashmoe.moe.state import PropagationState
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "ViT", "ViTConfig", "ViTOutput", "to_input"]
@@ -127,16 +128,7 @@ class ViTConfig:
             base["top_k"] = self.top_k
         else:
             base["unit"] = self.routing_unit
-        options = {**base, **self.moe_options}
-        for key in list(self.moe_options):  # drop the options this method does not use
-            try:
-                MoEConfig(**{**base, key: self.moe_options[key]})
-            except ValueError as err:
-                if "only used by" in str(err):
-                    options.pop(key)
-                else:
-                    raise
-        return MoEConfig(**options)
+        return config_with_used_options(base, self.moe_options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
