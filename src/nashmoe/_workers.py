@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["exit_with_parent", "worker_initializer"]
+__all__ = ["exit_with_parent", "run_in_pool", "worker_initializer"]
 
 _POLL_SECONDS = 1.0
 
@@ -49,3 +49,61 @@ class _Initializer:
         exit_with_parent()
         if self.initializer is not None:
             self.initializer(*args)
+
+
+_PROGRESS_QUEUE: Any = None
+
+
+def _set_progress_queue(queue: Any) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = queue
+
+
+def _call_with_progress(fn: Callable[[Any, Any], Any], task: Any) -> Any:
+    return fn(task, _PROGRESS_QUEUE.put if _PROGRESS_QUEUE is not None else None)
+
+
+def run_in_pool(
+    fn: Callable[[Any, Callable[[int], None] | None], Any],
+    tasks: Sequence[tuple[Any, Any]],
+    *,
+    jobs: int,
+    progress: Callable[[int], None] | None = None,
+    done: Callable[[Any, Any], None],
+) -> None:
+    """Run ``fn(task, report)`` for every ``(key, task)`` in ``jobs`` spawned worker processes
+    that end with this process (:func:`exit_with_parent`).
+
+    ``fn`` must be a module-level function (it is pickled); ``report(n)`` sends a count to
+    ``progress`` in this process; ``done(key, result)`` is called here as each task finishes (a
+    worker's exception is raised here, after the pool has shut down).
+    """
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
+    q = ctx.Queue()
+
+    def drain() -> None:
+        while True:
+            try:
+                n = q.get_nowait()
+            except queue_mod.Empty:
+                return
+            if progress is not None:
+                progress(n)
+
+    with ProcessPoolExecutor(
+        max_workers=max(1, min(jobs, len(tasks))),
+        mp_context=ctx,
+        initializer=worker_initializer(_set_progress_queue),
+        initargs=(q,),
+    ) as pool:
+        pending = {pool.submit(_call_with_progress, fn, task): key for key, task in tasks}
+        while pending:
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            drain()
+            for fut in finished:
+                done(pending.pop(fut), fut.result())
+        drain()

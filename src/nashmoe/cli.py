@@ -28,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "defer": ("nashmoe.defer.cli", "multi-expert learning to defer (PiCCE)"),
     "eval": ("nashmoe.train.cli.eval", "validation / test perplexity of a trained checkpoint"),
     "fair": ("nashmoe.fairness.cli", "fairness-aware meta-learning via Nash bargaining"),
+    "finetune-cls": (
+        "nashmoe.finetune.cli",
+        "upcycle a pretrained encoder (MiniLM) and fine-tune it on SST-2 with each method",
+    ),
     "generate": ("nashmoe.train.cli.generate", "sample text from a trained checkpoint"),
     "train": ("nashmoe.train.cli.train", "train one MoE language model (torchrun for DDP)"),
     "upcycle": (

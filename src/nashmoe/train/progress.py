@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["Progress", "format_duration"]
+__all__ = ["CountBar", "Progress", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -101,6 +101,56 @@ class Progress:
             self._bar.write(message, file=self.stream)
         else:
             print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class CountBar:
+    """A bar over a count of items (images, sentences ...): tqdm when installed, else a plain
+    line every ``min_interval`` seconds on stderr with the rate."""
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        enabled: bool = True,
+        unit: str = "it",
+        min_interval: float = 30.0,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total, self.desc, self.enabled, self.unit = total, desc, enabled, unit
+        self.min_interval = min_interval
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self._t0 = self._last = time.perf_counter()
+        self._bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        """``n`` more items done."""
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.enabled and now - self._last > self.min_interval:
+            self._last = now
+            rate = self.done / max(now - self._t0, 1e-9)
+            print(
+                f"{self.desc}: {self.done}/{self.total} {self.unit}, {rate:.0f} {self.unit}/s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self._bar is not None:
