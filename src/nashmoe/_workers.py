@@ -101,9 +101,14 @@ def run_in_pool(
         initargs=(q,),
     ) as pool:
         pending = {pool.submit(_call_with_progress, fn, task): key for key, task in tasks}
-        while pending:
-            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            drain()
-            for fut in finished:
-                done(pending.pop(fut), fut.result())
-        drain()
+        try:
+            while pending:
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in finished:
+                    done(pending.pop(fut), fut.result())
+        except BaseException:  # a failed task or Ctrl-C: start nothing more
+            for fut in pending:
+                fut.cancel()
+            raise
+    drain()  # the workers have exited: what they sent is all in the pipe now

@@ -90,3 +90,50 @@ def test_without_the_initializer_a_worker_outlives_its_parent(tmp_path):
         assert not _gone_within(worker, 3.0)
     finally:
         os.kill(worker, signal.SIGKILL)
+
+
+POOL = textwrap.dedent(
+    """
+    import json, sys
+    from nashmoe._workers import run_in_pool
+
+    def work(task, report):
+        for _ in range(task):
+            report(1)
+        if task == 5:
+            raise ValueError("task five failed")
+        return task * task
+
+    if __name__ == "__main__":
+        tasks = [(f"k{n}", n) for n in map(int, sys.argv[1].split(","))]
+        counted, results = [], {}
+        try:
+            run_in_pool(work, tasks, jobs=2, progress=counted.append,
+                        done=lambda key, result: results.__setitem__(key, result))
+            error = None
+        except ValueError as err:
+            error = str(err)
+        print(json.dumps({"count": sum(counted), "results": results, "error": error}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "want"),
+    [
+        ("1,2,3", {"count": 6, "results": {"k1": 1, "k2": 4, "k3": 9}, "error": None}),
+        ("2,5", {"error": "task five failed"}),
+    ],
+)
+def test_run_in_pool_reports_progress_results_and_errors(tmp_path, tasks, want) -> None:
+    import json
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    proc = subprocess.run(
+        [sys.executable, str(script), tasks], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for key, value in want.items():
+        assert got[key] == value

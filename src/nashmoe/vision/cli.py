@@ -282,38 +282,6 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-class _Bar:
-    """tqdm over images when installed; otherwise a plain line every 30 s on stderr."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.total, self.desc, self.enabled = total, desc, enabled
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.perf_counter() - self.last > 30:
-            self.last = time.perf_counter()
-            rate = self.done / (self.last - self.t0)
-            print(
-                f"{self.desc}: {self.done}/{self.total} images, {rate:.0f} img/s", file=sys.stderr
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _task_key(plan: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -330,7 +298,7 @@ def _task_key(plan: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _run_task(task: dict[str, Any], queue: Any = None) -> dict[str, Any]:
+def _run_task(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     """One (method, seed) run in a worker process: its own data and the cached corrupted set."""
     import torch
 
@@ -352,7 +320,6 @@ def _run_task(task: dict[str, Any], queue: Any = None) -> dict[str, Any]:
         seed=task["corruption_seed"],
         cache_dir=task["data"]["cache_dir"],
     )
-    progress = None if queue is None else queue.put
     return run_one(
         ViTConfig(**task["config"]),
         data,
@@ -360,7 +327,7 @@ def _run_task(task: dict[str, Any], queue: Any = None) -> dict[str, Any]:
         TrainSettings(**task["settings"]),
         seed=task["seed"],
         severities=task["severities"],
-        progress=progress,
+        progress=report,
     )
 
 
@@ -387,6 +354,8 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     from dataclasses import asdict
 
     from nashmoe._version import __version__
+    from nashmoe._workers import run_in_pool
+    from nashmoe.train.progress import CountBar
     from nashmoe.vision.experiment import corrupted_test_set, load_experiment_data, run_one
     from nashmoe.vision.model import ViTConfig
     from nashmoe.vision.report import format_table, plot_severity, summarize
@@ -405,7 +374,9 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
         f"severities {plan['severities']} ({time.perf_counter() - t0:.0f}s)"
     )
     n_sets = len(plan["corruptions"]) * len(plan["severities"])
-    bar = _Bar(n_sets * len(data.test_y), "corrupting", not args.no_progress)
+    bar = CountBar(
+        n_sets * len(data.test_y), "corrupting", enabled=not args.no_progress, unit="img"
+    )
     t1 = time.perf_counter()
     corrupted = corrupted_test_set(
         data.test_x,
@@ -439,7 +410,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     per_run = settings.epochs * (len(data.train_y) + len(data.val_y)) + len(data.test_y) * (
         1 + n_sets
     )
-    bar = _Bar(per_run * len(todo), "training + eval", not args.no_progress)
+    bar = CountBar(per_run * len(todo), "training + eval", enabled=not args.no_progress, unit="img")
 
     def finish(method: str, seed: int, key: dict, path: Path, result: dict[str, Any]) -> None:
         result["key"] = key
@@ -465,7 +436,30 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
             )
             finish(method, seed, key, path, result)
     else:
-        _run_parallel(args.jobs, plan, todo, bar, finish)
+        tasks = [
+            (
+                (method, seed, key, path),
+                {
+                    "method": method,
+                    "seed": seed,
+                    "config": plan["configs"][method],
+                    "settings": key["settings"],
+                    "data": plan["data"],
+                    "corruptions": plan["corruptions"],
+                    "severities": plan["severities"],
+                    "corruption_seed": plan["corruption_seed"],
+                    "threads": plan["threads"],
+                },
+            )
+            for method, seed, key, path in todo
+        ]
+        run_in_pool(
+            _run_task,
+            tasks,
+            jobs=args.jobs,
+            progress=bar.update,
+            done=lambda item, result: finish(*item, result),
+        )
     bar.close()
     all_runs = [runs[(m, s)] for m in plan["methods"] for s in plan["seeds"]]
     summary = summarize(all_runs)
@@ -497,56 +491,3 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
         plot_severity(summary, out / "accuracy_vs_severity.png")
     log(f"wrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s)")
     return 0
-
-
-_WORKER_QUEUE: Any = None
-
-
-def _init_worker(queue: Any) -> None:
-    global _WORKER_QUEUE
-    _WORKER_QUEUE = queue
-
-
-def _run_queued(task: dict[str, Any]) -> dict[str, Any]:
-    return _run_task(task, _WORKER_QUEUE)
-
-
-def _run_parallel(jobs: int, plan: dict[str, Any], todo: list, bar: _Bar, finish) -> None:
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from nashmoe._workers import worker_initializer
-
-    ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
-    q = ctx.Queue()  # progress: images done, handed to the workers when they start
-    with ProcessPoolExecutor(
-        max_workers=min(jobs, len(todo)),
-        mp_context=ctx,
-        initializer=worker_initializer(_init_worker),
-        initargs=(q,),
-    ) as pool:
-        pending = {}
-        for method, seed, key, path in todo:
-            task = {
-                "method": method,
-                "seed": seed,
-                "config": plan["configs"][method],
-                "settings": key["settings"],
-                "data": plan["data"],
-                "corruptions": plan["corruptions"],
-                "severities": plan["severities"],
-                "corruption_seed": plan["corruption_seed"],
-                "threads": plan["threads"],
-            }
-            pending[pool.submit(_run_queued, task)] = (method, seed, key, path)
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            while True:
-                try:
-                    bar.update(q.get_nowait())
-                except queue_mod.Empty:
-                    break
-            for fut in done:
-                method, seed, key, path = pending.pop(fut)
-                finish(method, seed, key, path, fut.result())
