@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import math
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ __all__ = [
     "SeedsAction",
     "add_seeds_argument",
     "check_installed",
+    "command_line",
     "finite_float",
     "nonneg_float",
     "nonneg_int",
@@ -224,6 +226,41 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             shown = " ".join(map(str, default))
             return f"{help_} (default: {shown})"
         return help_ + " (default: %(default)s)"
+
+
+# -- reproducing a run ---------------------------------------------------------------------------
+
+
+def command_line(args: argparse.Namespace, words: Sequence[str]) -> str:
+    """The shell command that reproduces a run: ``words`` (``["nashmoe", "vision"]``), then every
+    option whose value differs from its default, in the parser's order. The parser comes from
+    ``args._parser`` (``parser.set_defaults(_parser=parser)``); hidden spellings are skipped."""
+    parts = list(words)
+    parser = getattr(args, "_parser", None)
+    if parser is None:
+        return shlex.join(parts)
+    defaults = vars(parser.parse_args([]))
+    for action in parser._actions:
+        dest = action.dest
+        if (
+            dest in ("help", "_parser")
+            or not action.option_strings
+            or action.help == argparse.SUPPRESS
+        ):
+            continue
+        value = getattr(args, dest, None)
+        if value == defaults.get(dest):
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif dest == "seeds":
+            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
+        elif isinstance(value, list):
+            parts += [x for v in value for x in (flag, str(v))]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -27,6 +26,7 @@ from typing import Any
 
 from nashmoe._argtypes import (
     add_seeds_argument,
+    command_line,
     nonneg_float,
     positive_float,
     positive_int,
@@ -199,27 +199,7 @@ def _subsets(splits: dict, train: int | None, dev: int | None, test: int | None)
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run: every option that differs from its default."""
-    parser = getattr(args, "_parser", None)
-    if parser is None:
-        return "nashmoe finetune-cls"
-    parts = ["nashmoe", "finetune-cls"]
-    for action in parser._actions:
-        dest = action.dest
-        if dest in ("help", "_parser") or not action.option_strings:
-            continue
-        value = getattr(args, dest, None)
-        if value == action.default:
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(value, bool):
-            parts.append(flag)
-        elif dest == "seeds":
-            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
-        elif isinstance(value, list):
-            parts += [x for v in value for x in (flag, str(v))]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    return command_line(args, ["nashmoe", "finetune-cls"])
 
 
 def _task_key(plan: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
@@ -267,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
+    from nashmoe._results import plan_runs, save_run
     from nashmoe._version import __version__
     from nashmoe._workers import run_in_pool
     from nashmoe.finetune.report import format_table, plot_accuracy, summarize
@@ -283,21 +264,8 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
         f"{plan['data']['task']}: {len(splits['train'])} train / {len(splits['dev'])} dev / "
         f"{len(splits['test'])} test sentences"
     )
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = []
-    for method in plan["methods"]:
-        for seed in plan["seeds"]:
-            key = json.loads(json.dumps(_task_key(plan, method, seed)))
-            path = out / "runs" / f"{method}-seed{seed}.json"
-            if args.resume and path.exists():
-                try:
-                    saved = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    saved = None
-                if saved and saved.get("key") == key:
-                    runs[(method, seed)] = saved
-                    continue
-            todo.append((method, seed, key, path))
+    items = [(m, s, _task_key(plan, m, s)) for m in plan["methods"] for s in plan["seeds"]]
+    runs, todo = plan_runs(out / "runs", items, resume=args.resume)
     if runs:
         log(f"resuming: {len(runs)} finished run(s) reused from {out / 'runs'}")
     settings = plan["settings"]
@@ -306,10 +274,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
 
     def finish(item: tuple, result: dict[str, Any]) -> None:
         method, seed, key, path = item
-        result["key"] = key
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        save_run(path, result, key)
         runs[(method, seed)] = result
         log(
             f"{method} seed {seed}: test {100 * result['test_accuracy']:.2f}%, dev "

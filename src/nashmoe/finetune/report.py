@@ -3,30 +3,18 @@ between methods (same seed), the Markdown table and the accuracy plot."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from nashmoe._stats import mean_std, paired_summary
 from nashmoe.moe import METHODS
 from nashmoe.palette import color
-from nashmoe.train.report import t_quantile_975
 
 __all__ = ["format_table", "mean_std", "paired_difference", "plot_accuracy", "summarize"]
 
 METRICS = ("test_accuracy", "dev_accuracy")
-
-
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """``{"mean", "std" (sample, ddof=1; None for one value), "n", "values"}``."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if not len(arr):
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else None
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": arr.tolist()}
 
 
 def paired_difference(
@@ -41,24 +29,14 @@ def paired_difference(
     if not seeds:
         return None
     diffs = [a[s] - b[s] for s in seeds]
-    stats = mean_std(diffs)
-    entry: dict[str, Any] = {
+    return {
         "method": method,
         "reference": reference,
         "metric": key,
         "seeds": seeds,
         "diffs": diffs,
-        "mean": stats["mean"],
-        "std": stats["std"],
-        "ci95": None,
-        "status": "too few seeds",
+        **paired_summary(diffs),
     }
-    if stats["std"] is not None:
-        half = t_quantile_975(len(seeds) - 1) * stats["std"] / math.sqrt(len(seeds))
-        lo, hi = stats["mean"] - half, stats["mean"] + half
-        entry["ci95"] = [lo, hi]
-        entry["status"] = "within noise" if lo <= 0 <= hi else ("lower" if hi < 0 else "higher")
-    return entry
 
 
 def summarize(

@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from nashmoe._stats import paired_summary, t_quantile_975
+
 __all__ = [
     "MIN_SEEDS",
     "format_paired",
@@ -131,22 +133,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# Two-sided 95 % quantiles of Student's t (df = 1..30); beyond, a 1/df expansion (error < 0.002).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
 #: Fewest seeds from which :func:`verdict` names a winner.
 MIN_SEEDS = 3
-
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (95 % two-sided)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    return 1.959964 + 2.372 / df + 2.8 / df**2
 
 
 def _ppl_by_seed(runs: Sequence[dict[str, Any]], split: str = "test") -> dict[str, dict]:
@@ -172,24 +160,14 @@ def paired_difference(
     if not seeds:
         return None
     diffs = [a[s] - b[s] for s in seeds]
-    mean, sd = mean_std(diffs)
-    entry: dict[str, Any] = {
+    return {
         "method": method,
         "reference": reference,
         "split": split,
         "seeds": seeds,
         "diffs": diffs,
-        "mean": mean,
-        "std": sd,
-        "ci95": None,
-        "status": "too few seeds",
+        **paired_summary(diffs),
     }
-    if sd is not None:
-        half = t_quantile_975(len(seeds) - 1) * sd / math.sqrt(len(seeds))
-        lo, hi = mean - half, mean + half
-        entry["ci95"] = [lo, hi]
-        entry["status"] = "within noise" if lo <= 0 <= hi else ("lower" if hi < 0 else "higher")
-    return entry
 
 
 def paired_table(

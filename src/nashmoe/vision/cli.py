@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from nashmoe._argtypes import (
     add_seeds_argument,
+    command_line,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -254,32 +254,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run: every option that differs from its default."""
-    parser = getattr(args, "_parser", None)
-    if parser is None:
-        return "nashmoe vision"
-    defaults = {a.dest: a.default for a in parser._actions}
-    parts = ["nashmoe", "vision"]
-    for action in parser._actions:
-        dest = action.dest
-        if (
-            dest in ("help", "_parser")
-            or not action.option_strings
-            or action.help == argparse.SUPPRESS  # a hidden old spelling
-        ):
-            continue
-        value = getattr(args, dest, None)
-        if value == defaults.get(dest):
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(value, bool):
-            parts.append(flag)
-        elif dest == "seeds":
-            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
-        elif isinstance(value, list):
-            parts += [x for v in value for x in (flag, str(v))]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    return command_line(args, ["nashmoe", "vision"])
 
 
 def _task_key(plan: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
@@ -353,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     from dataclasses import asdict
 
+    from nashmoe._results import plan_runs, save_run
     from nashmoe._version import __version__
     from nashmoe._workers import run_in_pool
     from nashmoe.train.progress import CountBar
@@ -389,21 +365,8 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     bar.close()
     corrupt_seconds = time.perf_counter() - t1
     # the runs: reuse finished ones with --resume
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = []
-    for method in plan["methods"]:
-        for seed in plan["seeds"]:
-            key = _task_key(plan, method, seed)
-            path = out / "runs" / f"{method}-seed{seed}.json"
-            if args.resume and path.exists():
-                try:
-                    saved = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    saved = None
-                if saved and saved.get("key") == json.loads(json.dumps(key)):
-                    runs[(method, seed)] = saved
-                    continue
-            todo.append((method, seed, key, path))
+    items = [(m, s, _task_key(plan, m, s)) for m in plan["methods"] for s in plan["seeds"]]
+    runs, todo = plan_runs(out / "runs", items, resume=args.resume)
     if runs:
         log(f"resuming: {len(runs)} finished run(s) reused from {out / 'runs'}")
     settings = plan["settings"]
@@ -413,8 +376,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     bar = CountBar(per_run * len(todo), "training + eval", enabled=not args.no_progress, unit="img")
 
     def finish(method: str, seed: int, key: dict, path: Path, result: dict[str, Any]) -> None:
-        result["key"] = key
-        path.write_text(json.dumps(result, indent=1))
+        save_run(path, result, key)
         runs[(method, seed)] = result
         log(
             f"{method} seed {seed}: clean {100 * result['clean_accuracy']:.2f}%, corrupted "

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nashmoe._stats import mean_std
 from nashmoe.moe import METHODS
 from nashmoe.palette import colors
 
@@ -34,15 +35,6 @@ METHOD_COLORS: dict[str, str] = colors(METHODS)
 """A fixed colour per method, the same as in every other figure (:mod:`nashmoe.palette`)."""
 
 SCALARS = ("clean_accuracy", "mean_corruption_accuracy", "accuracy_drop", "mCE")
-
-
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """``{"mean", "std" (sample, ddof=1; None for one value), "n", "values"}``."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if not len(arr):
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else None
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": arr.tolist()}
 
 
 def add_corruption_errors(runs: list[dict[str, Any]], baseline: str = "dense") -> bool:

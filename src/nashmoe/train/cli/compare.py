@@ -12,11 +12,10 @@ With no arguments it trains the nine methods once each on tiny-shakespeare (char
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Any
 
-from nashmoe._argtypes import add_seeds_argument, positive_int
+from nashmoe._argtypes import add_seeds_argument, command_line, positive_int
 from nashmoe.train.cli.common import (
     USER_ERRORS,
     add_common_arguments,
@@ -68,26 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> str:
-    parser = args._parser
-    defaults = vars(parser.parse_args([]))
-    parts = ["nashmoe", "compare"]
-    for action in parser._actions:  # options that differ from their defaults, in parser order
-        dest = action.dest
-        if dest in ("help", "_parser") or not action.option_strings:
-            continue
-        value = getattr(args, dest)
-        if value == defaults.get(dest):
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(value, bool):
-            parts.append(flag)
-        elif dest == "seeds":
-            parts += [flag, ",".join(map(str, value)) + ("," if len(value) == 1 else "")]
-        elif isinstance(value, list):
-            parts += [x for v in value for x in (flag, str(v))]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    """The command line that reproduces this run: every option that differs from its default."""
+    return command_line(args, ["nashmoe", "compare"])
 
 
 def run(args: argparse.Namespace) -> int:
