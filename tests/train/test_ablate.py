@@ -254,3 +254,21 @@ def test_cli(tmp_path, capsys, fast):
     assert code == 0
     out = capsys.readouterr().out
     assert "Reference: `r`." in out and "`g`" in out
+
+
+def test_bargaining_table_and_plot(tmp_path):
+    from nashmoe.train.plots import plot_bargaining
+    from nashmoe.train.report import format_bargaining
+
+    rows = [
+        {"setting": "a", "bargaining": {"alpha_spread": [0.01, None], "tau_cosine": [0.5, 0.25]}},
+        {"setting": "smoe", "bargaining": {}},
+    ]
+    table = format_bargaining(rows, key="setting")
+    assert "| a | 0 | 0.01 | — | — | 0.5000 |" in table
+    assert "| a | 1 | — | — | — | 0.2500 |" in table and "smoe" not in table
+    assert format_bargaining([rows[1]], key="setting") == ""
+    pytest.importorskip("matplotlib")
+    metrics = {"a": {"step": [1, 2], "bargain/step_rel_norm/l0": [0.1, 0.2]}, "b": {"step": [1]}}
+    assert plot_bargaining(metrics, tmp_path / "b.png").is_file()
+    assert plot_bargaining({"b": {"step": [1]}}, tmp_path / "c.png") is None

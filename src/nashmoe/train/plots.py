@@ -291,8 +291,11 @@ def plot_bargaining(
             )
         ax.set_title(_BARGAIN_TITLES[stat], fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+    # the legend where every line is (EP-CAMEx has no α panels)
+    fullest = max(range(len(stats)), key=lambda i: len(lines[stats[i]]))
+    axes[0][fullest].legend(fontsize=6)
     fig.suptitle(
         "What the bargaining changes, per propagating layer (interval means, first seed)",
         fontsize=10,

@@ -123,7 +123,11 @@ def format_bargaining(rows: Sequence[dict[str, Any]], key: str = "method") -> st
             vals = [(b.get(s) or [None] * n_layers)[layer] for s in BARGAIN_STATS]
             if all(v is None for v in vals):
                 continue
-            cells = ["—" if v is None else f"{v:.4g}" for v in vals]
+            fmts = {"nash_vs_mean_cosine": ".5f", "tau_cosine": ".4f"}
+            cells = [
+                "—" if v is None else format(v, fmts.get(stat, ".4g"))
+                for stat, v in zip(BARGAIN_STATS, vals)
+            ]
             lines.append(f"| {r[key]} | {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
