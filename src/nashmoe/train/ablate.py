@@ -455,11 +455,19 @@ def _time_matched_steps(
     log: Callable[[str], None],
 ) -> dict[str, dict[str, float]]:
     """``{setting: {"step_time_s", "budget_s", "steps"}}`` for the time-matched settings,
-    from ``path`` when it holds them for the same budget definition, else measured."""
+    from ``path`` when it holds them for the same budget definition and configurations, else
+    measured."""
     timed = [s for s in settings if s.time_matched]
     if not timed:
         return {}
-    key = {"seconds": seconds, "steps": steps, "reference": reference, "probe": probe_steps}
+    probed = [s.name for s in timed] + ([reference] if seconds is None else [])
+    key = {
+        "seconds": seconds,
+        "steps": steps,
+        "reference": reference,
+        "probe": probe_steps,
+        "configs": {n: configs[n].to_dict() for n in probed},  # a changed shape re-probes
+    }
     cached: dict[str, Any] = {}
     if path.is_file():
         try:

@@ -16,14 +16,15 @@ Groups (``--group``, repeatable, or ``all``; the reference first):
   compute        namex | smoe-top1 | smoe | smear | camex | ep-camex, at equal steps and
                  (-time) at the reference's wall-clock time (--seconds to fix it)
 
-Examples::
+Examples (sized for about an hour per group on a 2-core CPU; see docs/design.md)::
 
     nashmoe ablate --group step-norm --seeds 3 --corpus brown --data-dir ../shared/data \\
-        --preset small --steps 1500 --jobs 2
-    nashmoe ablate --group budget --group nash-every --seeds 3 --preset small --steps 1500 \\
-        --corpus brown --data-dir ../shared/data --set n_layer=6 --jobs 2
+        --min-freq 8 --preset small --steps 1200 --batch-size 4 --jobs 2 --threads 1 \\
+        --out runs/ablate-step-norm
+    nashmoe ablate --group nash-every --set n_layer=6 --steps 1000 ...   # Δl = 2 needs depth
+    nashmoe ablate --group compute --seconds 600 ...        # time-matched runs of 10 minutes
     nashmoe ablate --setting ref:namex --setting g05:namex,gamma=0.5 --reference ref
-    nashmoe ablate --group compute --seconds 600 --seeds 3 --resume   # continue after a stop
+    nashmoe ablate ... --resume       # after an interruption: finished runs are not re-trained
 """
 
 from __future__ import annotations
