@@ -272,3 +272,21 @@ def test_bargaining_table_and_plot(tmp_path):
     metrics = {"a": {"step": [1, 2], "bargain/step_rel_norm/l0": [0.1, 0.2]}, "b": {"step": [1]}}
     assert plot_bargaining(metrics, tmp_path / "b.png").is_file()
     assert plot_bargaining({"b": {"step": [1]}}, tmp_path / "c.png") is None
+
+
+def test_references_per_group_or_explicit():
+    from nashmoe.train.ablate import _group_references, _merge_settings
+
+    given = [*group_settings(["budget", "nash-every"]), parse_setting("g05:namex,gamma=0.5")]
+    settings, groups, firsts = _merge_settings(given)
+    assert [s.name for s in settings].count("namex-full") == 1  # shared: trained once
+    assert groups["namex-full"] == ["budget", "nash-every"]
+    assert firsts == {"budget": "namex-full", "nash-every": "namex", "custom": "g05"}
+    per_group = _group_references(settings, groups, firsts, "namex-full", explicit=False)
+    assert per_group == {
+        # custom settings go with the default reference, the first group's
+        "namex-full": ["namex-full", "namex-full-it1", "namex-full-it2", "namex-full-it5", "g05"],
+        "namex": ["namex", "namex-full", "namex-dl2"],
+    }
+    explicit = _group_references(settings, groups, firsts, "namex", explicit=True)
+    assert explicit == {"namex": [s.name for s in settings]}

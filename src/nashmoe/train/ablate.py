@@ -279,12 +279,17 @@ def _nested_options(setting: Setting) -> dict[str, Any]:
     }
 
 
-def _merge_settings(settings: Sequence[Setting]) -> tuple[list[Setting], dict[str, list[str]]]:
+def _merge_settings(
+    settings: Sequence[Setting],
+) -> tuple[list[Setting], dict[str, list[str]], dict[str, str]]:
     """Settings with the same name shared by several groups are trained once; the same name
-    for different definitions is an error. Returns the unique settings and ``{name: groups}``."""
+    for different definitions is an error. Returns the unique settings, ``{name: groups}`` and
+    each group's reference, ``{group: its first setting}`` (in the order given)."""
     unique: dict[str, Setting] = {}
     groups: dict[str, list[str]] = {}
+    firsts: dict[str, str] = {}
     for s in settings:
+        firsts.setdefault(s.group, s.name)
         prev = unique.get(s.name)
         if prev is None:
             unique[s.name] = s
@@ -298,7 +303,7 @@ def _merge_settings(settings: Sequence[Setting]) -> tuple[list[Setting], dict[st
             )
         if s.group not in groups.setdefault(s.name, []):
             groups[s.name].append(s.group)
-    return list(unique.values()), groups
+    return list(unique.values()), groups, firsts
 
 
 def _merged_model(shared: dict[str, Any], setting: Setting) -> dict[str, Any]:
@@ -555,7 +560,7 @@ def ablate(
         ValueError: no settings, an unknown reference, settings no method can take, bad seeds.
         RunDirError: ``out`` holds runs without ``resume``/``overwrite``, or nothing to resume.
     """
-    settings, groups = _merge_settings(settings)
+    settings, groups, firsts = _merge_settings(settings)
     if not settings:
         raise ValueError("no settings to train: give --group or --setting")
     names = [s.name for s in settings]
@@ -619,6 +624,7 @@ def ablate(
             shared,
             settings,
             groups,
+            firsts,
             configs,
             reference=reference,
             explicit=explicit,
@@ -640,6 +646,7 @@ def _ablate_locked(
     shared: dict[str, Any],
     settings: list[Setting],
     groups: dict[str, list[str]],
+    firsts: dict[str, str],
     configs: dict[str, TrainConfig],
     *,
     reference: str,
@@ -734,7 +741,7 @@ def _ablate_locked(
         if r.get("diverged")
     ]
     summary = summarize_settings(finished, settings)
-    references = _group_references(settings, groups, reference, explicit)
+    references = _group_references(settings, groups, firsts, reference, explicit)
     paired = [
         entry
         for ref, members in references.items()
@@ -803,23 +810,25 @@ def _ablate_locked(
 
 
 def _group_references(
-    settings: Sequence[Setting], groups: dict[str, list[str]], reference: str, explicit: bool
+    settings: Sequence[Setting],
+    groups: dict[str, list[str]],
+    firsts: dict[str, str],
+    reference: str,
+    explicit: bool,
 ) -> dict[str, list[str]]:
-    """``{reference: [settings compared with it]}``: each group's first setting for its
-    members (``reference`` for custom settings), unless the reference was given explicitly
-    (then every setting against it)."""
-    first_of: dict[str, str] = {}
-    for s in settings:
-        for g in groups[s.name]:
-            first_of.setdefault(g, s.name)
-    if explicit or len(first_of) == 1:
+    """``{reference: [settings compared with it]}``: each group's first setting (``firsts``)
+    for its members (``reference`` for custom settings), unless the reference was given
+    explicitly or there is one group (then every setting against ``reference``)."""
+    if explicit or len(firsts) == 1:
         return {reference: [s.name for s in settings]}
     out: dict[str, list[str]] = {}
-    for s in settings:
-        for g in groups[s.name]:
-            ref = first_of[g] if g != "custom" else reference
-            members = out.setdefault(ref, [])
-            if s.name not in members:
+    for g, first in firsts.items():
+        ref = reference if g == "custom" else first
+        members = out.setdefault(ref, [])
+        if ref not in members:
+            members.append(ref)
+        for s in settings:
+            if g in groups[s.name] and s.name not in members:
                 members.append(s.name)
     return out
 
