@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from nashmoe.moe import MoEConfig, MoEFeedForward
+from nashmoe.moe import MoEConfig, MoEFeedForward, set_bargaining_stats
 from nashmoe.moe.bargain_stats import (
+    BARGAIN_STATS,
     alpha_spread,
     cosine,
     mean_pairwise_cosine,
@@ -86,6 +87,7 @@ def _layer(method: str, **kw) -> MoEFeedForward:
         for i in range(3):
             layer.w_in[i] = layer.base_w_in
             layer.w_in[i, 0, i + 1] = 2.0
+    set_bargaining_stats(layer, True)
     return layer
 
 
@@ -155,3 +157,17 @@ def test_monitor_interval_means_and_summary():
         pytest.approx(0.15)
     ]
     assert bargaining_summary({"step": [1]}) == {}
+
+
+def test_diagnostics_are_off_unless_asked_for():
+    """Off by default (they cost passes over the domain vectors); set_bargaining_stats turns
+    them on and off for every layer of a model."""
+    layer = _layer("namex", gamma=0.5)
+    set_bargaining_stats(layer, False)
+    x = torch.randn(2, 4, 4, dtype=D)
+    assert layer(x, return_aux=True)[1].bargaining is None
+    model = torch.nn.Sequential(layer)
+    set_bargaining_stats(model, True)
+    assert layer.bargaining_stats is True
+    assert set(layer(x, return_aux=True)[1].bargaining) == set(BARGAIN_STATS)
+    assert MoEFeedForward(MoEConfig(method="namex", d_model=4, d_ff=4)).bargaining_stats is False

@@ -41,7 +41,7 @@ from nashmoe.moe.state import PropagationState
 if TYPE_CHECKING:  # the chain module sits above the layer and imports it
     from nashmoe.moe.chain import PropagationChain
 
-__all__ = ["MoEFeedForward", "SegmentCache"]
+__all__ = ["MoEFeedForward", "SegmentCache", "set_bargaining_stats"]
 
 
 @dataclass
@@ -84,6 +84,11 @@ class MoEFeedForward(nn.Module):
         owns_base: for the propagating methods, whether this layer is the first MoE layer of its
             chain and owns E_m^{(1)}; later layers receive the base through the propagation state.
             Ignored by the other methods (CAMEx owns a base in every layer).
+
+    Attribute ``bargaining_stats`` (default False): compute the bargaining diagnostics of
+    :mod:`nashmoe.moe.bargain_stats` in ``aux.bargaining`` (a few detached passes over the N·P
+    domain vectors, 5–12 % of a layer's step on the CPU; :func:`set_bargaining_stats` toggles it
+    for a whole model; the trainer turns it on for the last step of each logging interval).
 
     Attribute ``last_in_chain`` (default False): the layer is the last propagating layer of its
     model, so nothing uses its propagation step; it then skips the step and its Nash solve
@@ -142,6 +147,7 @@ class MoEFeedForward(nn.Module):
             self.register_buffer("alpha_prev", torch.zeros(n, dtype=torch.float64))
         self.last_aux: MoEAux | None = None
         self.last_in_chain = False
+        self.bargaining_stats = False
         self._chain: PropagationChain | None = None
         self._chain_index = 0  # position in the chain
         # (α, residual, status) of the last solve, reused when checkpointing recomputes the layer
@@ -579,7 +585,8 @@ class MoEFeedForward(nn.Module):
                     base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
                 )
                 # no τ_i here (raw path): the step length only
-                part.bargaining = propagation_stats(None, None, None, step, base, cfg.gamma)
+                if self.bargaining_stats:
+                    part.bargaining = propagation_stats(None, None, None, step, base, cfg.gamma)
             return part
         tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":
@@ -601,7 +608,8 @@ class MoEFeedForward(nn.Module):
             part.next_state = PropagationState(
                 base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
             )
-            part.bargaining = propagation_stats(curved, None, None, step, base, cfg.gamma)
+            if self.bargaining_stats:
+                part.bargaining = propagation_stats(curved, None, None, step, base, cfg.gamma)
             return part
         players = tau if cfg.bargain_on == "tau" else curved
         solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
@@ -647,7 +655,10 @@ class MoEFeedForward(nn.Module):
             status, residual = part.status, part.residual
         else:
             status, residual = incoming.status, incoming.residual
-        part.bargaining = propagation_stats(players, part.alpha, direction, step, base, cfg.gamma)
+        if self.bargaining_stats:
+            part.bargaining = propagation_stats(
+                players, part.alpha, direction, step, base, cfg.gamma
+            )
         if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
             part.next_state = None
             return part
@@ -847,3 +858,12 @@ def _norm(tensors: dict[str, Tensor]) -> Tensor:
 def _ties_mask(tau: Tensor) -> Tensor:
     """TIES sign agreement: keep τ_i where its sign matches the sign of Σ_j τ_j (elementwise)."""
     return (torch.sign(tau) == torch.sign(tau.sum(dim=0, keepdim=True))).to(tau.dtype)
+
+
+def set_bargaining_stats(model: nn.Module, enabled: bool) -> None:
+    """Turn the bargaining diagnostics (``aux.bargaining``, :mod:`nashmoe.moe.bargain_stats`) of
+    every MoE layer of ``model`` on or off (off by default: they cost a few passes over the
+    domain vectors). Under ``torch.compile`` each setting is its own graph."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward):
+            module.bargaining_stats = bool(enabled)

@@ -45,6 +45,7 @@ from torch import nn
 import nashmoe
 from nashmoe.data import Corpus, get_batch, load_corpus
 from nashmoe.models import GPT, GPTConfig
+from nashmoe.moe import set_bargaining_stats
 from nashmoe.train.checkpoint import (
     BEST_MODEL,
     Checkpoint,
@@ -678,6 +679,8 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        # the bargaining diagnostics: sampled at the last step of each logging interval
+        set_bargaining_stats(self.model, self.should_log(step + 1))
         for m in range(config.grad_accum):
             x, y = get_batch(
                 self.corpus.train,
