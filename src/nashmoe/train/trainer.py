@@ -680,7 +680,8 @@ class Trainer:
             group["lr"] = lr
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         # the bargaining diagnostics: sampled at the last step of each logging interval
-        set_bargaining_stats(self.model, self.should_log(step + 1))
+        sample_stats = self.should_log(step + 1)
+        set_bargaining_stats(self.model, sample_stats)
         for m in range(config.grad_accum):
             x, y = get_batch(
                 self.corpus.train,
@@ -705,6 +706,8 @@ class Trainer:
             self._pending_loss += out.loss.detach().double() / config.grad_accum
             self._pending_aux += out.aux_loss.detach().double() / config.grad_accum
             self.monitor.update(out.aux)
+        if sample_stats:
+            set_bargaining_stats(self.model, False)  # evaluation and other callers: off
         average_gradients(self.replicated, ctx)  # FSDP: the parameters it leaves unsharded
         done = step + 1
         log_now = self.should_log(done)
