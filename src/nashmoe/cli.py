@@ -19,6 +19,10 @@ from nashmoe._warnings import NashmoeWarning
 
 # name -> (module, one-line help). Keep alphabetical within each group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "ablate": (
+        "nashmoe.train.cli.ablate",
+        "what the bargaining contributes: paired ablations over seeds (NAMEx reviewers)",
+    ),
     "compare": ("nashmoe.train.cli.compare", "the main job: train and compare every MoE method"),
     "convert": (
         "nashmoe._cli_hf.convert",

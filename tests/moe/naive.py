@@ -239,9 +239,21 @@ def _naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_m
         else:
             vectors = masked
         scale = layer.eta
+    # the Nash weights (before the merge: merge_weights may use them)
+    if cfg.uses_nash:
+        players = tau if cfg.bargain_on == "tau" else vectors
+        solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
+        alpha = nash_alpha(players) if solve else state.alpha
     # merged experts, unit by unit
     for bi, positions, scores in routing_scores(layer, x, attention_mask):
         merged = {}
+        if cfg.uses_nash and cfg.merge_weights != "router":
+            a = [float(alpha[i]) for i in range(n)]
+            if cfg.merge_weights == "nash":
+                scores = torch.tensor([a[i] / sum(a) for i in range(n)], dtype=scores.dtype)
+            else:  # product
+                total = sum(scores[i] * a[i] for i in range(n))
+                scores = torch.stack([scores[i] * a[i] / total for i in range(n)])
         used = merge_weights(layer, scores)
         for nm in names:
             acc = torch.zeros_like(experts[0][nm]) if base is None else base[nm].clone()
@@ -256,11 +268,12 @@ def _naive_layer(layer: MoEFeedForward, x, state: NaiveState | None, attention_m
     new = NaiveState()
     new.layer = layer_index + 1
     if cfg.method == "ep-camex":
-        new.base = {nm: base[nm] + cfg.gamma / n * sum(v[nm] for v in vectors) for nm in names}
+        mean = {nm: sum(v[nm] for v in vectors) / n for nm in names}
+        if cfg.step_norm == "nash":  # the mean's direction with NAMEx's step length √N
+            norm = torch.sqrt(sum((mean[nm] ** 2).sum() for nm in names))
+            mean = {nm: mean[nm] * (math.sqrt(n) / norm) for nm in names}
+        new.base = {nm: base[nm] + cfg.gamma * mean[nm] for nm in names}
         return out, new
-    players = tau if cfg.bargain_on == "tau" else vectors
-    solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
-    alpha = nash_alpha(players) if solve else state.alpha
     new.alpha = alpha
     delta = {nm: sum(float(alpha[i].detach()) * players[i][nm] for i in range(n)) for nm in names}
     if cfg.step_norm == "mean":

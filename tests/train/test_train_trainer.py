@@ -193,3 +193,22 @@ def test_the_trainer_is_a_loop_of_named_steps(tmp_path, small_corpus):
     plain = train(tiny_config(tmp_path / "b", steps=4, eval_interval=2, ckpt_interval=2),
                   corpus=small_corpus)  # fmt: skip
     assert plain.test == result.test and plain.validation == result.validation
+
+
+def test_bargaining_diagnostics_are_sampled_at_logging_steps(tmp_path, small_corpus):
+    """The layers compute the diagnostics only on the last step of each logging interval
+    (``set_bargaining_stats``); every logged row has them, and they are off after training."""
+    from nashmoe.moe import MoEFeedForward
+    from nashmoe.train import Trainer
+
+    config = tiny_config(tmp_path / "run", method="namex", steps=6, log_interval=3)
+    trainer = Trainer(config, corpus=small_corpus)
+    result = trainer.fit()
+    cols = read_metrics(tmp_path / "run")
+    logged = [s for s, v in zip(cols["step"], cols["bargain/alpha_spread/l0"]) if v is not None]
+    assert logged == [3, 6]
+    assert all(0 <= float(v) < 10 for v in cols["bargain/alpha_spread/l0"] if v is not None)
+    assert all(-1 <= float(v) <= 1 for v in cols["bargain/nash_vs_mean_cosine/l0"] if v)
+    layers = [m for m in trainer.model.modules() if isinstance(m, MoEFeedForward)]
+    assert layers and not any(m.bargaining_stats for m in layers)
+    assert result.nash["solves"] > 0

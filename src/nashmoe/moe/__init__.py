@@ -27,7 +27,7 @@ from nashmoe.moe.config import (
 )
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.gating import update_router_biases
-from nashmoe.moe.layer import MoEFeedForward, SegmentCache
+from nashmoe.moe.layer import MoEFeedForward, SegmentCache, set_bargaining_stats
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.state import PropagationState
 
@@ -53,6 +53,7 @@ __all__ = [
     "expert_output_similarity",
     "link_moe_layers",
     "router_z_loss",
+    "set_bargaining_stats",
     "switch_balance_loss",
     "update_router_biases",
 ]

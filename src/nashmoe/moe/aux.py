@@ -42,6 +42,11 @@ class MoEAux:
         fallbacks: 1 if this layer's solve was degenerate or infeasible and fell back to
             uniform weights, else 0 (a 0-dim tensor, no host synchronisation).
         not_converged: 1 if this layer's solve hit ``nash_max_iter`` without converging.
+        bargaining: diagnostics of this layer's propagation step, ``{name: 0-dim tensor}``
+            (detached; :mod:`nashmoe.moe.bargain_stats`): ``alpha_spread`` and
+            ``nash_vs_mean_cosine`` (NAMEx), ``step_rel_norm`` and ``tau_cosine`` (EP-CAMEx
+            and NAMEx); None for layers that do not propagate (and the last propagating
+            layer, which skips its step).
         eta: the merge step η of this layer (CAMEx family), else None.
         state: the propagation state for the next MoE layer (None for non-propagating methods
             unless a state was passed through, and after the last propagating layer, which
@@ -59,6 +64,7 @@ class MoEAux:
     solved: bool = False
     fallbacks: Tensor | None = None
     not_converged: Tensor | None = None
+    bargaining: dict[str, Tensor] | None = None
     eta: Tensor | None = None
     state: PropagationState | None = None
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 __all__ = [
+    "MERGE_WEIGHTS",
     "MERGING_METHODS",
     "METHODS",
     "MOMENTUM_METHODS",
@@ -56,6 +57,9 @@ NASH_METHODS = ("namex", "namex-full", "namex-mom", "namex-full-mom")
 
 MOMENTUM_METHODS = ("namex-mom", "namex-full-mom")
 """Methods with complex momentum across layers."""
+
+MERGE_WEIGHTS = ("router", "nash", "product")
+"""What weights the merge line of the NAMEx methods uses (``MoEConfig.merge_weights``)."""
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 UNITS = ("token", "segment", "sequence", "image")
@@ -103,8 +107,23 @@ class MoEConfig:
             one iteration more than 1e-6) so that α does not depend on the warm start.
         curvature_rank: R, rank of the Kronecker curvature operator M_i (0 = identity).
         curvature_init: initial scale c of M_i (M_i = c·I at initialisation).
-        step_norm: ``"nash"`` (ΔE = Σ α_i τ_i, norm √N) or ``"mean"`` (ΔE rescaled to the norm of
-            the plain mean of the τ_i, which makes γ comparable to EP-CAMEx).
+        step_norm: the length of the propagation step ΔE (propagating methods). NAMEx:
+            ``"nash"`` (default, the paper: ΔE = Σ α_i τ_i, whose norm is √N whatever the
+            scale of the τ_i) or ``"mean"`` (ΔE rescaled to the norm of the plain mean of the
+            τ_i, which makes γ comparable to EP-CAMEx). EP-CAMEx: ``"mean"`` (default, its
+            own step ΔE = (1/N) Σ_i D_i) or ``"nash"`` (the direction of that mean with
+            NAMEx's step length: ΔE = √N · m / ‖m‖, m = (1/N) Σ_i D_i). With ``"nash"``
+            EP-CAMEx is "EP-CAMEx with γ rescaled to NAMEx's step length", at every step and
+            whatever the scale of the τ_i, so that a comparison with NAMEx changes the
+            direction only (the ablation of the NAMEx paper's bargaining, ICLR 2026).
+        merge_weights: the weights of the merge line Ê(u) = E_m + η Σ_i w_i(u) M_i(τ_i)
+            (NAMEx methods; an ablation reviewers of the NAMEx paper asked for):
+            ``"router"`` (default, the paper: w = s(u), the router scores), ``"nash"``
+            (w_i = α_i / Σ_j α_j, the layer's Nash weights normalised to sum one, the same
+            for every unit: the router then only gets gradients from the balance loss) or
+            ``"product"`` (w_i(u) = s_i(u) α_i / Σ_j s_j(u) α_j). With ``merge_top_k`` the
+            top-k experts are chosen by w and w is renormalised over them. The balance
+            loss keeps the router scores.
         bargain_on: ``"tau"`` (the paper) or ``"curved_tau"`` (bargain on M_i(τ_i)).
         differentiable_alpha: implicit differentiation through α (default: α is a constant).
         router_noise: std of Gaussian noise added to router logits in training.
@@ -204,6 +223,7 @@ class MoEConfig:
     curvature_rank: int | None = None
     curvature_init: float | None = None
     step_norm: str | None = None
+    merge_weights: str | None = None
     bargain_on: str | None = None
     differentiable_alpha: bool | None = None
     router_noise: float = 0.0
@@ -309,14 +329,18 @@ class MoEConfig:
             if self.merge_mask not in ("none", "ties"):
                 raise ValueError(f"merge_mask must be 'none' or 'ties', got {self.merge_mask!r}")
         # propagation
-        only_for("gamma", PROPAGATING_METHODS, "propagating methods (ep-camex, namex*)")
+        for f in ("gamma", "step_norm"):
+            only_for(f, PROPAGATING_METHODS, "propagating methods (ep-camex, namex*)")
         if self.propagates:
             resolve("gamma", DEFAULT_GAMMA)
+            resolve("step_norm", "mean" if m == "ep-camex" else "nash")
             if not math.isfinite(self.gamma):
                 raise ValueError(f"gamma must be finite, got {self.gamma!r}")
+            if self.step_norm not in ("nash", "mean"):
+                raise ValueError(f"step_norm must be 'nash' or 'mean', got {self.step_norm!r}")
         # Nash bargaining
         nash = "the NAMEx methods (namex, namex-full, namex-mom, namex-full-mom)"
-        for f in ("nash_every", "step_norm", "bargain_on", "differentiable_alpha"):
+        for f in ("nash_every", "bargain_on", "differentiable_alpha", "merge_weights"):
             only_for(f, NASH_METHODS, nash)
         if self.uses_nash:
             full = m in ("namex-full", "namex-full-mom")
@@ -332,11 +356,14 @@ class MoEConfig:
                 raise ValueError(
                     f"nash_every must be a positive integer or None, got {self.nash_every!r}"
                 )
-            resolve("step_norm", "nash")
             resolve("bargain_on", "tau")
             resolve("differentiable_alpha", False)
-            if self.step_norm not in ("nash", "mean"):
-                raise ValueError(f"step_norm must be 'nash' or 'mean', got {self.step_norm!r}")
+            resolve("merge_weights", "router")
+            if self.merge_weights not in MERGE_WEIGHTS:
+                raise ValueError(
+                    f"merge_weights must be one of {', '.join(MERGE_WEIGHTS)}, "
+                    f"got {self.merge_weights!r}"
+                )
             if self.bargain_on not in ("tau", "curved_tau"):
                 raise ValueError(
                     f"bargain_on must be 'tau' or 'curved_tau', got {self.bargain_on!r}"

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from nashmoe.bargaining import NashSolution, NashStatus, nash_bargaining
 from nashmoe.moe.aux import MoEAux, router_z_loss, switch_balance_loss
+from nashmoe.moe.bargain_stats import propagation_stats
 from nashmoe.moe.cache import InferenceCache, parameter_key
 from nashmoe.moe.config import MoEConfig
 from nashmoe.moe.curvature import KroneckerCurvature
@@ -40,7 +41,7 @@ from nashmoe.moe.state import PropagationState
 if TYPE_CHECKING:  # the chain module sits above the layer and imports it
     from nashmoe.moe.chain import PropagationChain
 
-__all__ = ["MoEFeedForward", "SegmentCache"]
+__all__ = ["MoEFeedForward", "SegmentCache", "set_bargaining_stats"]
 
 
 @dataclass
@@ -54,6 +55,7 @@ class _ParameterPart:
     residual: Tensor | None = None
     status: Tensor | None = None
     solved: bool = False
+    bargaining: dict[str, Tensor] | None = None  # diagnostics (bargain_stats), detached
     # merge_top_k with identity curvature and no mask: ``vectors`` are the raw experts E_i and
     # the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ)
     raw: bool = False
@@ -82,6 +84,11 @@ class MoEFeedForward(nn.Module):
         owns_base: for the propagating methods, whether this layer is the first MoE layer of its
             chain and owns E_m^{(1)}; later layers receive the base through the propagation state.
             Ignored by the other methods (CAMEx owns a base in every layer).
+
+    Attribute ``bargaining_stats`` (default False): compute the bargaining diagnostics of
+    :mod:`nashmoe.moe.bargain_stats` in ``aux.bargaining`` (a few detached passes over the N·P
+    domain vectors, 5–12 % of a layer's step on the CPU; :func:`set_bargaining_stats` toggles it
+    for a whole model; the trainer turns it on for the last step of each logging interval).
 
     Attribute ``last_in_chain`` (default False): the layer is the last propagating layer of its
     model, so nothing uses its propagation step; it then skips the step and its Nash solve
@@ -140,6 +147,7 @@ class MoEFeedForward(nn.Module):
             self.register_buffer("alpha_prev", torch.zeros(n, dtype=torch.float64))
         self.last_aux: MoEAux | None = None
         self.last_in_chain = False
+        self.bargaining_stats = False
         self._chain: PropagationChain | None = None
         self._chain_index = 0  # position in the chain
         # (α, residual, status) of the last solve, reused when checkpointing recomputes the layer
@@ -395,6 +403,18 @@ class MoEFeedForward(nn.Module):
             out[name] = w.view(coeff.shape[0], *v.shape[1:])
         return out
 
+    def _merge_weights(self, scores: Tensor, part: _ParameterPart) -> Tensor:
+        """The weights of the merge line (``MoEConfig.merge_weights``): the router scores
+        ``[U, N]``, the normalised Nash weights, or their renormalised product."""
+        mode = self.config.merge_weights
+        if mode is None or mode == "router":
+            return scores
+        alpha = part.alpha.to(scores.dtype)
+        if mode == "nash":
+            return (alpha / alpha.sum()).expand_as(scores)
+        w = scores * alpha
+        return w / w.sum(dim=-1, keepdim=True)
+
     def _selection(self, scores: Tensor) -> tuple[Tensor, Tensor | None]:
         """The scores the merge uses, and the selected experts with ``merge_top_k``."""
         if self.config.merge_top_k is None:
@@ -413,7 +433,7 @@ class MoEFeedForward(nn.Module):
             if torch.is_autocast_enabled(x.device.type)
             else x.dtype
         )
-        merge_scores, index = self._selection(flat_scores)
+        merge_scores, index = self._selection(self._merge_weights(flat_scores, part))
         coeff = self._coefficients(merge_scores, compute_dtype)
         if index is not None:  # merge_top_k: gather the k selected vectors per unit
             units = x.reshape(b * s, 1, d) if cfg.unit == "token" else x
@@ -465,6 +485,7 @@ class MoEFeedForward(nn.Module):
     def _fill_aux(self, aux: MoEAux, part: _ParameterPart) -> None:
         aux.state = part.next_state
         aux.alpha = part.alpha
+        aux.bargaining = part.bargaining
         aux.eta = getattr(self, "eta", None)
         if part.solved:
             aux.solved = True
@@ -549,7 +570,9 @@ class MoEFeedForward(nn.Module):
         else:
             base, layer_index = self.base_tensors(), 0
         raw = cfg.merge_top_k is not None and cfg.curvature_rank == 0 and cfg.merge_mask == "none"
-        if raw and (cfg.method in ("camex", "ep-camex") or self.last_in_chain):
+        # the merge line needs this layer's α (merge_weights): the last layer still gets it
+        skip = self.last_in_chain and cfg.merge_weights in (None, "router")
+        if raw and (cfg.method in ("camex", "ep-camex") or skip):
             # the merge uses the raw experts and nothing else needs the N domain vectors
             part = _ParameterPart(base=base, vectors=experts, next_state=incoming, raw=True)
             if cfg.propagates and self.last_in_chain:  # nothing uses the next base
@@ -557,9 +580,13 @@ class MoEFeedForward(nn.Module):
                 part.alpha = None if incoming is None else incoming.alpha
             elif cfg.method == "ep-camex":  # (γ/N) Σ_i τ_i = γ (mean_i E_i − E_m)
                 step = {name: e.mean(dim=0) - base[name] for name, e in experts.items()}
+                step = self._ep_step(step)
                 part.next_state = PropagationState(
                     base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
                 )
+                # no τ_i here (raw path): the step length only
+                if self.bargaining_stats:
+                    part.bargaining = propagation_stats(None, None, None, step, base, cfg.gamma)
             return part
         tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":
@@ -572,15 +599,17 @@ class MoEFeedForward(nn.Module):
         )
         if not cfg.propagates:
             return part
-        if self.last_in_chain:  # nothing uses the next base: skip the step and the solve
+        if skip:  # nothing uses the next base: skip the step and the solve
             part.next_state = None
             part.alpha = None if incoming is None else incoming.alpha
             return part
         if cfg.method == "ep-camex":
-            step = {name: d.mean(dim=0) for name, d in curved.items()}
+            step = self._ep_step({name: d.mean(dim=0) for name, d in curved.items()})
             part.next_state = PropagationState(
                 base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
             )
+            if self.bargaining_stats:
+                part.bargaining = propagation_stats(curved, None, None, step, base, cfg.gamma)
             return part
         players = tau if cfg.bargain_on == "tau" else curved
         solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
@@ -603,6 +632,7 @@ class MoEFeedForward(nn.Module):
             name: (part.alpha.to(p.dtype) @ p.reshape(p.shape[0], -1)).view(p.shape[1:])
             for name, p in players.items()
         }
+        direction = delta
         if cfg.step_norm == "mean":
             target = _norm({name: p.mean(dim=0) for name, p in players.items()})
             scale = target / _norm(delta).clamp_min(torch.finfo(target.dtype).tiny)
@@ -625,6 +655,13 @@ class MoEFeedForward(nn.Module):
             status, residual = part.status, part.residual
         else:
             status, residual = incoming.status, incoming.residual
+        if self.bargaining_stats:
+            part.bargaining = propagation_stats(
+                players, part.alpha, direction, step, base, cfg.gamma
+            )
+        if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
+            part.next_state = None
+            return part
         part.next_state = PropagationState(
             base=_axpy(base, cfg.gamma, step),
             momentum_re=mom_re,
@@ -635,6 +672,16 @@ class MoEFeedForward(nn.Module):
             layer=layer_index + 1,
         )
         return part
+
+    def _ep_step(self, mean: dict[str, Tensor]) -> dict[str, Tensor]:
+        """EP-CAMEx's step: the mean m of the domain vectors, or with ``step_norm="nash"`` the
+        same direction with NAMEx's step length, √N · m / ‖m‖ (the norm of Σ_i α_i τ_i,
+        whatever the scale of the τ_i; NAMEx paper, ICLR 2026, section 3 of the spec)."""
+        if self.config.step_norm != "nash":
+            return mean
+        norm = _norm(mean)
+        scale = math.sqrt(self.config.num_experts) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        return {name: m * scale for name, m in mean.items()}
 
     def _bargain(self, players: dict[str, Tensor], part: _ParameterPart) -> None:
         """Solve the Nash bargaining problem among the experts' domain vectors (warm-started)."""
@@ -684,7 +731,7 @@ class MoEFeedForward(nn.Module):
             cache.segment_sum = x[:, last * t :].sum(dim=1)
             _, scores = self._unit_scores(x, None)
             cache.scores = scores[:, last]
-            merge_scores, index = self._selection(cache.scores)
+            merge_scores, index = self._selection(self._merge_weights(cache.scores, part))
             cache.weights = self._merge(part, self._coefficients(merge_scores, out.dtype), index)
             return out, aux
         if cache.segment_sum is None:
@@ -706,7 +753,7 @@ class MoEFeedForward(nn.Module):
             if pos % t == 0:  # the previous segment is complete: route the new one by its mean
                 logits = self._logits(cache.segment_sum / t)
                 cache.scores = torch.softmax(_at_least_float32(logits), dim=-1)
-                merge_scores, index = self._selection(cache.scores)
+                merge_scores, index = self._selection(self._merge_weights(cache.scores, part))
                 cache.weights = self._merge(part, self._coefficients(merge_scores, x.dtype), index)
                 cache.segment_sum = torch.zeros_like(cache.segment_sum)
             outs.append(merged_ffn(token, cache.weights, self.act))
@@ -811,3 +858,12 @@ def _norm(tensors: dict[str, Tensor]) -> Tensor:
 def _ties_mask(tau: Tensor) -> Tensor:
     """TIES sign agreement: keep τ_i where its sign matches the sign of Σ_j τ_j (elementwise)."""
     return (torch.sign(tau) == torch.sign(tau.sum(dim=0, keepdim=True))).to(tau.dtype)
+
+
+def set_bargaining_stats(model: nn.Module, enabled: bool) -> None:
+    """Turn the bargaining diagnostics (``aux.bargaining``, :mod:`nashmoe.moe.bargain_stats`) of
+    every MoE layer of ``model`` on or off (off by default: they cost a few passes over the
+    domain vectors). Under ``torch.compile`` each setting is its own graph."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward):
+            module.bargaining_stats = bool(enabled)

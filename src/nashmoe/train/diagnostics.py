@@ -3,7 +3,13 @@
 - :class:`MoEMonitor` accumulates, without a host synchronisation per step, the Nash bargaining
   statuses, fallback and non-convergence counts (cumulative over the run) and the largest
   residual per layer (per logging interval), and keeps the last step's α, per-expert load and η
-  per layer; :meth:`MoEMonitor.snapshot` turns them into flat ``{name: float}`` metrics.
+  per layer, and the means over the logging interval of the bargaining diagnostics of every
+  propagating layer (:mod:`nashmoe.moe.bargain_stats`: ``alpha_spread``,
+  ``nash_vs_mean_cosine``, ``step_rel_norm``, ``tau_cosine``); :meth:`MoEMonitor.snapshot`
+  turns them into flat ``{name: float}`` metrics (``bargain/<stat>/l<layer>``).
+- :func:`bargaining_summary`: the per-layer summary of those metrics over a run (its last
+  logged value, and the mean over the last quarter of the logged rows), read from
+  ``metrics.csv``.
 - :func:`base_grad_norm`: ‖∂L/∂E_m^{(1)}‖, the gradient norm of the first MoE layer's owned base
   expert (EP-CAMEx, NAMEx*, CAMEx). Zero would mean the merge collapsed to SMEAR and the base
   (with the whole propagation) has no effect (spec section 2).
@@ -22,7 +28,7 @@ from torch import Tensor, nn
 from nashmoe.bargaining import NashStatus
 from nashmoe.moe import MoEAux
 
-__all__ = ["MoEMonitor", "base_grad_norm"]
+__all__ = ["MoEMonitor", "bargaining_summary", "base_grad_norm"]
 
 _STATUS_NAMES = [s.name.lower() for s in NashStatus]
 
@@ -36,6 +42,8 @@ class MoEMonitor:
         self.not_converged: Tensor | None = None
         self.status_counts: Tensor | None = None
         self._residual: dict[int, Tensor] = {}
+        # (layer, stat) -> (sum over the interval's forwards, count): interval means
+        self._bargain: dict[tuple[int, str], tuple[Tensor, int]] = {}
         self._residual_max_run = float("-inf")
         self._last: list[MoEAux] = []
         self._offset = {"fallbacks": 0, "not_converged": 0, "status": [0] * len(_STATUS_NAMES)}
@@ -44,6 +52,12 @@ class MoEMonitor:
         """Record the MoE outputs of one forward pass."""
         self._last = auxes
         for layer, a in enumerate(auxes):
+            for name, value in (a.bargaining or {}).items():
+                v = value.detach().double()
+                prev = self._bargain.get((layer, name))
+                self._bargain[(layer, name)] = (
+                    (v, 1) if prev is None else (prev[0] + v, prev[1] + 1)
+                )
             if not a.solved or a.status is None:
                 continue
             self.solves += 1
@@ -67,8 +81,8 @@ class MoEMonitor:
 
     def snapshot(self) -> dict[str, float]:
         """Flat metrics (host values): per layer α, load, η, balance loss, the interval's largest
-        residual; cumulative solves, statuses, fallbacks and non-converged solves. Resets the
-        interval maxima."""
+        residual and mean bargaining diagnostics; cumulative solves, statuses, fallbacks and
+        non-converged solves. Resets the interval maxima and means."""
         out: dict[str, float] = {}
         for layer, a in enumerate(self._last):
             if a.alpha is not None:
@@ -80,6 +94,9 @@ class MoEMonitor:
             if a.eta is not None:
                 out[f"eta/l{layer}"] = float(a.eta.detach().float())
             out[f"balance/l{layer}"] = float(a.balance_loss.detach().float())
+        for (layer, name), (total, count) in sorted(self._bargain.items()):
+            out[f"bargain/{name}/l{layer}"] = float(total) / count
+        self._bargain = {}
         for layer, r in sorted(self._residual.items()):
             value = float(r)
             out[f"nash/residual/l{layer}"] = value
@@ -154,3 +171,32 @@ def base_grad_norm(model: nn.Module) -> Tensor | None:
     if total is None:
         return torch.zeros((), device=next(iter(base.values())).device)
     return total.sqrt()
+
+
+def bargaining_summary(
+    metrics: dict[str, list], *, tail: float = 0.25
+) -> dict[str, dict[str, list[float | None]]]:
+    """Per-layer summary of the bargaining diagnostics of one run from its ``metrics.csv``
+    columns (:func:`nashmoe.train.loggers.read_metrics`): ``{stat: {"final": [per layer],
+    "tail_mean": [per layer]}}``, the last logged value and the mean over the last ``tail``
+    fraction of the logged values (at least one). Layers that did not log a stat get None;
+    an empty dict when the run logged none (methods without propagation)."""
+    from nashmoe.moe.bargain_stats import BARGAIN_STATS
+
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for stat in BARGAIN_STATS:
+        prefix = f"bargain/{stat}/l"
+        layers = sorted(int(k[len(prefix) :]) for k in metrics if k.startswith(prefix))
+        if not layers:
+            continue
+        final: list[float | None] = [None] * (layers[-1] + 1)
+        tail_mean: list[float | None] = [None] * (layers[-1] + 1)
+        for layer in layers:
+            values = [float(v) for v in metrics[f"{prefix}{layer}"] if v is not None and v == v]
+            if not values:
+                continue
+            k = max(1, round(tail * len(values)))
+            final[layer] = values[-1]
+            tail_mean[layer] = sum(values[-k:]) / k
+        out[stat] = {"final": final, "tail_mean": tail_mean}
+    return out

@@ -8,6 +8,9 @@
 - ``efficiency.png``: test perplexity against active parameters and against tokens/s.
 - ``alpha.png``: the Nash weights per MoE layer over training, as shares ``α_i / Σ_j α_j`` (α
   itself scales like 1/‖τ‖; the share shows which experts the bargain favours), first seed.
+- ``bargaining.png``: the bargaining diagnostics of every propagating layer over training
+  (:mod:`nashmoe.moe.bargain_stats`: α spread, cosine of the Nash direction with the mean,
+  step length relative to ‖E_m‖, mean pairwise cosine of the τ_i), first seed.
 - ``similarity.png``: mean cosine similarity between expert outputs per MoE layer (off-diagonal
   mean of the [N, N] matrix; the NAMEx paper's cooperation-vs-competition view), mean over
   seeds; ``similarity_matrices.png``: the matrices of the first seed.
@@ -23,7 +26,14 @@ from typing import Any
 from nashmoe._optional import pyplot
 from nashmoe.palette import color as method_color
 
-__all__ = ["plot_alpha", "plot_efficiency", "plot_loss_curves", "plot_paired", "plot_similarity"]
+__all__ = [
+    "plot_alpha",
+    "plot_bargaining",
+    "plot_efficiency",
+    "plot_loss_curves",
+    "plot_paired",
+    "plot_similarity",
+]
 
 #: EMA weight of the training-loss curves (with more than 20 logged points; else unsmoothed).
 SMOOTHING = 0.6
@@ -236,6 +246,60 @@ def plot_alpha(
                 ax.set_xlabel("step", fontsize=8)
     axes[0][0].legend(fontsize=6, ncol=2)
     fig.suptitle("Nash weights per layer over training (α_i / Σ_j α_j)", fontsize=10)
+    return _save(fig, path)
+
+
+_BARGAIN_TITLES = {
+    "alpha_spread": "α spread  max_i |N α_i / Σα − 1|",
+    "nash_vs_mean_cosine": "cos(Σ α_i τ_i, Σ τ_i)",
+    "step_rel_norm": "step norm / ‖E_m‖",
+    "tau_cosine": "mean pairwise cos(τ_i, τ_j)",
+}
+
+
+def plot_bargaining(
+    metrics: Mapping[str, Mapping[str, list]], path: str | os.PathLike[str]
+) -> Path | None:
+    """``metrics[label]`` is one run's ``read_metrics`` columns (a method, or an ablation
+    setting); one panel per diagnostic, one line per (label, layer); labels without
+    diagnostics are skipped. Returns None when no run logged any."""
+    from nashmoe.moe.bargain_stats import BARGAIN_STATS
+
+    lines: dict[str, list[tuple[str, int, tuple[list[float], list[float]]]]] = {}
+    for label, cols in metrics.items():
+        for stat in BARGAIN_STATS:
+            prefix = f"bargain/{stat}/l"
+            for key in sorted(k for k in cols if k.startswith(prefix)):
+                curve = _column(cols, key)
+                if curve[0]:
+                    lines.setdefault(stat, []).append((label, int(key[len(prefix) :]), curve))
+    if not lines:
+        return None
+    plt = pyplot()
+    stats = [s for s in BARGAIN_STATS if s in lines]
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.6), squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    for ax, stat in zip(axes[0], stats):
+        for label, layer, (steps, vals) in lines[stat]:
+            ax.plot(
+                steps,
+                vals,
+                color=method_color(label),
+                ls=styles[layer % len(styles)],
+                lw=1.2,
+                label=f"{label} l{layer}",
+            )
+        ax.set_title(_BARGAIN_TITLES[stat], fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+    # the legend where every line is (EP-CAMEx has no α panels)
+    fullest = max(range(len(stats)), key=lambda i: len(lines[stats[i]]))
+    axes[0][fullest].legend(fontsize=6)
+    fig.suptitle(
+        "What the bargaining changes, per propagating layer (interval means, first seed)",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 

@@ -16,12 +16,14 @@ from nashmoe._stats import paired_summary, t_quantile_975
 
 __all__ = [
     "MIN_SEEDS",
+    "format_bargaining",
     "format_paired",
     "format_table",
     "mean_std",
     "paired_difference",
     "paired_table",
     "summarize",
+    "summarize_bargaining",
     "t_quantile_975",
     "verdict",
 ]
@@ -83,9 +85,53 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
                 "nash_not_converged": sum(n["not_converged"] for n in nash) if solves else None,
                 "base_grad_norm": mean_std(base)[0] if base else None,
                 "expert_similarity": mean_std(sims)[0] if sims else None,
+                "bargaining": summarize_bargaining(rs),
             }
         )
     return rows
+
+
+def summarize_bargaining(runs: Sequence[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """``{stat: [per layer]}``: the mean over runs (seeds) of each run's ``bargaining``
+    summary (:func:`nashmoe.train.diagnostics.bargaining_summary`, its ``tail_mean``: the mean
+    over the last quarter of the logged values). Empty when no run has one."""
+    out: dict[str, list[float | None]] = {}
+    stats: dict[str, list[list[float | None]]] = {}
+    for r in runs:
+        for stat, entry in (r.get("bargaining") or {}).items():
+            stats.setdefault(stat, []).append(entry["tail_mean"])
+    for stat, per_run in stats.items():
+        n_layers = max(len(v) for v in per_run)
+        out[stat] = []
+        for layer in range(n_layers):
+            vals = [v[layer] for v in per_run if layer < len(v) and v[layer] is not None]
+            out[stat].append(mean_std(vals)[0] if vals else None)
+    return out
+
+
+def format_bargaining(rows: Sequence[dict[str, Any]], key: str = "method") -> str:
+    """A Markdown table of the bargaining diagnostics of :func:`summarize` rows (one line per
+    row and propagating layer; "" when no row has any). ``key``: the rows' label field."""
+    from nashmoe.moe.bargain_stats import BARGAIN_STATS
+
+    lines = [
+        f"| {key} | layer | α spread | cos(Σατ, Στ) | step / ‖E_m‖ | mean cos(τ_i, τ_j) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b = r.get("bargaining") or {}
+        n_layers = max((len(v) for v in b.values()), default=0)
+        for layer in range(n_layers):
+            vals = [(b.get(s) or [None] * n_layers)[layer] for s in BARGAIN_STATS]
+            if all(v is None for v in vals):
+                continue
+            fmts = {"nash_vs_mean_cosine": ".5f", "tau_cosine": ".4f"}
+            cells = [
+                "—" if v is None else format(v, fmts.get(stat, ".4g"))
+                for stat, v in zip(BARGAIN_STATS, vals)
+            ]
+            lines.append(f"| {r[key]} | {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _pm(ms: tuple[float, float | None], digits: int = 2) -> str:

@@ -45,6 +45,7 @@ from torch import nn
 import nashmoe
 from nashmoe.data import Corpus, get_batch, load_corpus
 from nashmoe.models import GPT, GPTConfig
+from nashmoe.moe import set_bargaining_stats
 from nashmoe.train.checkpoint import (
     BEST_MODEL,
     Checkpoint,
@@ -678,6 +679,9 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        # the bargaining diagnostics: sampled at the last step of each logging interval
+        sample_stats = self.should_log(step + 1)
+        set_bargaining_stats(self.model, sample_stats)
         for m in range(config.grad_accum):
             x, y = get_batch(
                 self.corpus.train,
@@ -702,6 +706,8 @@ class Trainer:
             self._pending_loss += out.loss.detach().double() / config.grad_accum
             self._pending_aux += out.aux_loss.detach().double() / config.grad_accum
             self.monitor.update(out.aux)
+        if sample_stats:
+            set_bargaining_stats(self.model, False)  # evaluation and other callers: off
         average_gradients(self.replicated, ctx)  # FSDP: the parameters it leaves unsharded
         done = step + 1
         log_now = self.should_log(done)
