@@ -66,13 +66,14 @@ from typing import Any
 
 import torch
 
+from nashmoe._stats import paired_summary
 from nashmoe.data import Corpus
 from nashmoe.models.gpt import GPTConfig
 from nashmoe.moe import METHODS
 from nashmoe.train.checkpoint import CheckpointError, read_json, write_json_atomic
 from nashmoe.train.config import TrainConfig, options_for_method, parse_model_overrides
 from nashmoe.train.loggers import read_metrics
-from nashmoe.train.report import format_bargaining, mean_std, summarize_bargaining, t_quantile_975
+from nashmoe.train.report import format_bargaining, mean_std, summarize_bargaining
 from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
 from nashmoe.train.trainer import Trainer, git_state
 
@@ -328,21 +329,7 @@ def paired_stats(values: dict[int, float], reference: dict[int, float]) -> dict[
     if not seeds:
         return None
     diffs = [values[s] - reference[s] for s in seeds]
-    mean, sd = mean_std(diffs)
-    out: dict[str, Any] = {
-        "seeds": seeds,
-        "diffs": diffs,
-        "mean": mean,
-        "std": sd,
-        "ci95": None,
-        "status": "too few seeds",
-    }
-    if sd is not None:
-        half = t_quantile_975(len(seeds) - 1) * sd / math.sqrt(len(seeds))
-        lo, hi = mean - half, mean + half
-        out["ci95"] = [lo, hi]
-        out["status"] = "within noise" if lo <= 0 <= hi else ("lower" if hi < 0 else "higher")
-    return out
+    return {"seeds": seeds, "diffs": diffs, **paired_summary(diffs)}
 
 
 _METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
