@@ -19,11 +19,12 @@ Needs Pillow and scipy (``pip install 'nashmoe[vision]'``); the plot needs matpl
 """
 
 from nashmoe.vision.augment import random_crop_flip
-from nashmoe.vision.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from nashmoe.vision.corruptions import CORRUPTION_FAMILIES, CORRUPTIONS, SEVERITIES, corrupt
 from nashmoe.vision.model import ViT, ViTConfig, ViTOutput, to_input
 
 __all__ = [
     "CORRUPTIONS",
+    "CORRUPTION_FAMILIES",
     "SEVERITIES",
     "ViT",
     "ViTConfig",

@@ -38,7 +38,7 @@ import numpy as np
 
 from nashmoe._optional import require
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt"]
+__all__ = ["CORRUPTIONS", "CORRUPTION_FAMILIES", "SEVERITIES", "corrupt"]
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
@@ -58,6 +58,14 @@ CORRUPTIONS: tuple[str, ...] = (
     "jpeg_compression",
 )
 """The 15 CIFAR-10-C corruptions, in the paper's order (noise, blur, weather, digital)."""
+
+CORRUPTION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
+"""The four families of Hendrycks & Dietterich (2019), each a tuple of corruption names."""
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 

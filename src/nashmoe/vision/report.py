@@ -18,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from nashmoe._stats import mean_std
+from nashmoe._stats import mean_std, paired_summary
 from nashmoe.moe import METHODS
 from nashmoe.palette import colors
+from nashmoe.vision.corruptions import CORRUPTION_FAMILIES
 
 __all__ = [
     "METHOD_COLORS",
+    "MOMENTUM_PAIRS",
     "add_corruption_errors",
+    "family_accuracy",
     "format_table",
     "mean_std",
     "plot_severity",
@@ -59,6 +62,30 @@ def add_corruption_errors(runs: list[dict[str, Any]], baseline: str = "dense") -
     return True
 
 
+MOMENTUM_PAIRS: tuple[tuple[str, str], ...] = (
+    ("namex-full-mom", "namex-full"),
+    ("namex-mom", "namex"),
+)
+"""Pairs that isolate complex momentum (the same method with and without it), compared besides
+the references."""
+
+
+def family_accuracy(corruption_accuracy: dict[str, Sequence[float]]) -> dict[str, float]:
+    """Mean accuracy of each corruption family (:data:`CORRUPTION_FAMILIES`) over its
+    corruptions present in ``corruption_accuracy`` and all their severities."""
+    out = {}
+    for family, names in CORRUPTION_FAMILIES.items():
+        values = [a for n in names if n in corruption_accuracy for a in corruption_accuracy[n]]
+        if values:
+            out[family] = float(np.mean(values))
+    return out
+
+
+def _paired(diffs: Sequence[float]) -> dict[str, Any]:
+    """Mean ± sample std of per-seed differences, with the 95 % t-interval and its verdict."""
+    return {**mean_std(diffs), **paired_summary(diffs)} if diffs else mean_std(diffs)
+
+
 def summarize(
     runs: list[dict[str, Any]],
     *,
@@ -69,6 +96,8 @@ def summarize(
     for run in runs:
         mca = run.get("mean_corruption_accuracy")
         run["accuracy_drop"] = None if mca is None else run["clean_accuracy"] - mca
+        run["family_accuracy"] = family_accuracy(run.get("corruption_accuracy") or {})
+    families = [f for f in CORRUPTION_FAMILIES if any(f in r["family_accuracy"] for r in runs)]
     has_ce = add_corruption_errors(runs, baseline)
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     per_method: dict[str, Any] = {}
@@ -94,31 +123,42 @@ def summarize(
             entry["corruption_error"] = {
                 c: float(np.mean([r["corruption_error"][c] for r in rows])) for c in names
             }
+        entry["family_accuracy"] = {
+            f: mean_std([r["family_accuracy"].get(f) for r in rows]) for f in families
+        }
         per_method[m] = entry
+    wanted = [(m, ref) for ref in references if ref in per_method for m in methods if m != ref]
+    wanted += [(m, ref) for m, ref in MOMENTUM_PAIRS if m in per_method and ref in per_method]
     paired: dict[str, Any] = {}
-    for ref in references:
-        if ref not in per_method:
-            continue
+    for m, ref in wanted:
         ref_runs = {r["seed"]: r for r in runs if r["method"] == ref}
-        for m in methods:
-            if m == ref:
+        mine = {r["seed"]: r for r in runs if r["method"] == m}
+        seeds = sorted(set(mine) & set(ref_runs))
+        if not seeds:
+            continue
+        diffs: dict[str, Any] = {"seeds": seeds}
+        for key in SCALARS:
+            if key == "mCE" and not has_ce:
                 continue
-            mine = {r["seed"]: r for r in runs if r["method"] == m}
-            seeds = sorted(set(mine) & set(ref_runs))
-            if not seeds:
-                continue
-            diffs: dict[str, Any] = {"seeds": seeds}
-            for key in SCALARS:
-                if key == "mCE" and not has_ce:
-                    continue
-                pairs = [(mine[s].get(key), ref_runs[s].get(key)) for s in seeds]
-                diffs[key] = mean_std([a - b for a, b in pairs if a is not None and b is not None])
-            paired[f"{m} - {ref}"] = diffs
+            pairs = [(mine[s].get(key), ref_runs[s].get(key)) for s in seeds]
+            diffs[key] = _paired([a - b for a, b in pairs if a is not None and b is not None])
+        diffs["family_accuracy"] = {
+            f: _paired(
+                [
+                    mine[s]["family_accuracy"][f] - ref_runs[s]["family_accuracy"][f]
+                    for s in seeds
+                    if f in mine[s]["family_accuracy"] and f in ref_runs[s]["family_accuracy"]
+                ]
+            )
+            for f in families
+        }
+        paired[f"{m} - {ref}"] = diffs
     severities = next((r["severities"] for r in runs if r.get("severities")), None)
     return {
         "severities": severities,
         "methods": per_method,
         "paired_differences": paired,
+        "families": {f: list(CORRUPTION_FAMILIES[f]) for f in families},
         "ce_baseline": baseline if has_ce else None,
         "std": "sample standard deviation over seeds (ddof=1); null with one seed",
     }
@@ -144,18 +184,40 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{_pm(e['mean_corruption_accuracy'])} | {_pm(e['accuracy_drop'])} | "
             f"{_pm(e.get('mCE'), digits=1)} |"
         )
+    families = list(summary.get("families") or {})
+    if families:
+        lines += ["", "| method | " + " | ".join(f"{f} acc (%)" for f in families) + " |"]
+        lines.append("|---|" + "---|" * len(families))
+        for m, e in summary["methods"].items():
+            cells = [_pm(e["family_accuracy"].get(f)) for f in families]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["paired_differences"]:
         lines += [
             "",
             "| paired difference (same seeds) | n | Δ clean (points) | Δ corruption (points) "
-            "| Δ mCE (points) |",
-            "|---|---|---|---|---|",
+            "| Δ drop (points) | Δ mCE (points) | 95% interval of Δ corruption |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, d in summary["paired_differences"].items():
+            corr = d["mean_corruption_accuracy"]
+            ci = corr.get("ci95")
+            interval = (
+                "—" if not ci else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] {corr['status']}"
+            )
             lines.append(
                 f"| {name} | {len(d['seeds'])} | {_pm(d['clean_accuracy'])} | "
-                f"{_pm(d['mean_corruption_accuracy'])} | {_pm(d.get('mCE'), digits=1)} |"
+                f"{_pm(corr)} | {_pm(d['accuracy_drop'])} | {_pm(d.get('mCE'), digits=1)} | "
+                f"{interval} |"
             )
+        if families:
+            lines += [
+                "",
+                "| paired difference | " + " | ".join(f"Δ {f} (points)" for f in families) + " |",
+                "|---|" + "---|" * len(families),
+            ]
+            for name, d in summary["paired_differences"].items():
+                cells = [_pm(d["family_accuracy"].get(f)) for f in families]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
