@@ -127,7 +127,11 @@ def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group together: a barrier first, so that no rank tears down its gloo
+    connections while another is still using them (a rank slowed by writing the results, or by
+    a busy machine, was seen to abort with "terminate called without an active exception")."""
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
