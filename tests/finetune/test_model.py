@@ -112,3 +112,29 @@ def test_errors_name_the_problem(tmp_path) -> None:
         build_classifier("dense", top_k=2)
     with pytest.raises(ValueError, match=r"unknown method"):
         build_classifier("namex-fast", num_experts=2)
+
+
+def test_the_head_is_the_same_for_every_method_of_a_seed(dense) -> None:
+    """Paired comparisons: a seed gives every method the same head, whatever the upcycling drew."""
+    a, _ = build_classifier("smoe", num_experts=2, seed=0)
+    b, _ = build_classifier("namex-full-mom", num_experts=2, seed=0)
+    c, _ = build_classifier("dense", seed=1)
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert torch.equal(a.head.weight, dense[0].head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_decay_mask_follows_the_bert_recipe() -> None:
+    model, _ = build_classifier("camex", num_experts=2, seed=0)
+    mask = model.decay_mask()
+    named = dict(model.named_parameters())
+    layer = next(m for m in model.modules() if isinstance(m, MoEFeedForward))
+    decayed = {n for n, p in named.items() if mask[id(p)]}
+    assert {id(layer.w_in), id(layer.w_out), id(layer.router), id(layer.base_w_in)} <= {
+        id(named[n]) for n in decayed
+    }
+    for p in (layer.b_in, layer.b_out, layer.base_b_in, layer.eta):
+        assert not mask[id(p)]
+    assert not any("LayerNorm" in n or n.endswith(".bias") for n in decayed)
+    assert "encoder.embeddings.word_embeddings.weight" in decayed
+    assert len(mask) == len(named)

@@ -94,7 +94,7 @@ def test_without_the_initializer_a_worker_outlives_its_parent(tmp_path):
 
 POOL = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     from nashmoe._workers import run_in_pool
 
     def work(task, report):
@@ -102,6 +102,7 @@ POOL = textwrap.dedent(
             report(1)
         if task == 5:
             raise ValueError("task five failed")
+        time.sleep(1.0 if task == 7 else 0.2)  # 7 runs beside the failing task
         return task * task
 
     if __name__ == "__main__":
@@ -122,7 +123,7 @@ POOL = textwrap.dedent(
     ("tasks", "want"),
     [
         ("1,2,3", {"count": 6, "results": {"k1": 1, "k2": 4, "k3": 9}, "error": None}),
-        ("2,5", {"error": "task five failed"}),
+        ("7,5,1,2,3,4,6,8,9", {"error": "task five failed"}),
     ],
 )
 def test_run_in_pool_reports_progress_results_and_errors(tmp_path, tasks, want) -> None:
@@ -137,3 +138,8 @@ def test_run_in_pool_reports_progress_results_and_errors(tmp_path, tasks, want) 
     got = json.loads(proc.stdout)
     for key, value in want.items():
         assert got[key] == value
+    if want["error"]:
+        # 7, running beside the failing 5, finishes and is delivered; of the seven queued behind
+        # them only those already handed to a worker run, the rest are cancelled
+        assert got["results"]["k7"] == 49
+        assert len(got["results"]) <= 4

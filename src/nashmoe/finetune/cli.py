@@ -167,13 +167,15 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads
     if threads is None and args.jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    subsets = _subsets(splits, args.train_limit, args.dev_limit, args.test_limit)
     return {
         "methods": methods,
         "seeds": seeds,
         "settings": settings,
         "threads": threads,
         "out": out,
-        "splits": _subsets(splits, args.train_limit, args.dev_limit, args.test_limit),
+        "splits": subsets,
+        "data_sha256": _digest(subsets),
         "data": {
             "task": args.task,
             "train_limit": args.train_limit,
@@ -181,6 +183,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
             "test_limit": args.test_limit,
         },
         "encoder": args.encoder,
+        "num_labels": TASKS[args.task].num_labels,
     }
 
 
@@ -197,6 +200,19 @@ def _subsets(splits: dict, train: int | None, dev: int | None, test: int | None)
     return out
 
 
+def _digest(splits: dict) -> str:
+    """A short SHA-256 of the sentences and labels the runs see (part of the resume key: other
+    data under the same options is a different run)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        h.update(name.encode())
+        for sentence, label in zip(splits[name].sentences, splits[name].labels.tolist()):
+            h.update(f"{label}\t{sentence}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run: every option that differs from its default."""
     return command_line(args, ["nashmoe", "finetune-cls"])
@@ -207,7 +223,7 @@ def _task_key(plan: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
         "method": method,
         "seed": seed,
         "settings": asdict(plan["settings"]),
-        "data": plan["data"],
+        "data": {**plan["data"], "sha256": plan["data_sha256"]},
         "encoder": plan["encoder"],
     }
 
@@ -220,14 +236,26 @@ def _run_task(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
 
     if task["threads"]:
         torch.set_num_threads(task["threads"])
-    return run_one(
-        task["method"],
-        task["splits"],
-        FinetuneSettings(**task["settings"]),
-        seed=task["seed"],
-        encoder=task["encoder"],
-        progress=report,
-    )
+    t0 = time.perf_counter()
+    try:
+        return run_one(
+            task["method"],
+            task["splits"],
+            FinetuneSettings(**task["settings"]),
+            seed=task["seed"],
+            encoder=task["encoder"],
+            num_labels=task["num_labels"],
+            progress=report,
+        )
+    except FloatingPointError as err:  # recorded, and the other runs go on
+        return {
+            "method": task["method"],
+            "seed": task["seed"],
+            "diverged": str(err),
+            "dev_accuracy": None,
+            "test_accuracy": None,
+            "seconds": time.perf_counter() - t0,
+        }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,6 +304,9 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
         method, seed, key, path = item
         save_run(path, result, key)
         runs[(method, seed)] = result
+        if result.get("diverged"):
+            log(f"{method} seed {seed}: diverged ({result['diverged']})")
+            return
         log(
             f"{method} seed {seed}: test {100 * result['test_accuracy']:.2f}%, dev "
             f"{100 * result['dev_accuracy']:.2f}% (epoch {result['selected_epoch']}; "
@@ -291,6 +322,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
                 "splits": splits,
                 "settings": key["settings"],
                 "encoder": plan["encoder"],
+                "num_labels": plan["num_labels"],
                 "threads": plan["threads"],
             },
         )
@@ -328,4 +360,8 @@ def _run(args: argparse.Namespace, plan: dict[str, Any]) -> int:
     if not args.no_plots:
         plot_accuracy(summary, out / "accuracy.png", title=plan["data"]["task"].upper())
     log(f"wrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s)")
+    diverged = [f"{r['method']} seed {r['seed']}" for r in all_runs if r.get("diverged")]
+    if diverged:
+        log(f"diverged (recorded in results.json, left out of the summary): {', '.join(diverged)}")
+        return 1
     return 0

@@ -146,16 +146,18 @@ def run_one(
     seed: int,
     encoder: str | None = None,
     moe_options: dict[str, Any] | None = None,
+    num_labels: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``method`` with ``seed`` on ``splits["train"]``, pick the epoch on
     ``splits["dev"]``, score ``splits["test"]``; the run's record (JSON-serialisable)."""
     t_start = time.perf_counter()
     cpu_start = time.process_time()
-    num_labels = int(max(int(s.labels.max()) for s in splits.values()) + 1)
+    if num_labels is None:  # from the training labels (the test split decides nothing)
+        num_labels = max(int(splits["train"].labels.max()) + 1, 2)
     model, tokenizer = build_classifier(
         method,
-        num_labels=max(num_labels, 2),
+        num_labels=num_labels,
         num_experts=settings.num_experts,
         noise=settings.noise,
         seed=seed,
@@ -168,9 +170,11 @@ def run_one(
     labels = {k: s.labels for k, s in splits.items()}
     pretrained, new = model.parameter_groups()
 
+    decays = model.decay_mask()
+
     def groups(params: list, lr: float) -> list[dict[str, Any]]:
-        decay = [p for p in params if p.ndim >= 2]
-        rest = [p for p in params if p.ndim < 2]
+        decay = [p for p in params if decays[id(p)]]
+        rest = [p for p in params if not decays[id(p)]]
         return [
             {"params": decay, "lr": lr, "weight_decay": settings.weight_decay, "base_lr": lr},
             {"params": rest, "lr": lr, "weight_decay": 0.0, "base_lr": lr},

@@ -115,6 +115,18 @@ class SentenceClassifier(nn.Module):
         aux = getattr(self.encoder, "nashmoe_aux", None)
         return None if aux is None else aux()[0]
 
+    def decay_mask(self) -> dict[int, bool]:
+        """``id(parameter) → whether AdamW decays it`` (the BERT recipe): weight matrices
+        (experts, bases, anchors and routers included) yes; biases (``*.bias``, the experts'
+        ``b_in`` / ``b_out`` and their base / anchor copies), LayerNorm weights and scalars
+        (η) no."""
+        out = {}
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            bias = leaf == "bias" or leaf.removeprefix("base_").removeprefix("anchor_")[:2] == "b_"
+            out[id(p)] = p.ndim >= 2 and not bias
+        return out
+
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """``(pretrained, new)``: the encoder's weights (experts included: they start from the
         dense FFN), and what starts from scratch (the head, the routers and every other
@@ -182,5 +194,6 @@ def build_classifier(
         upcycle(model, num_experts, method, noise=noise, seed=seed, **moe_options)
     elif moe_options:
         raise ValueError(f"the dense model takes no MoE options, got {sorted(moe_options)}")
+    torch.manual_seed(seed)  # the same head for every method of a seed (paired comparisons)
     classifier = SentenceClassifier(model, num_labels, dropout=dropout)
     return classifier, tokenizer

@@ -50,13 +50,15 @@ def summarize(
     methods: dict[str, Any] = {}
     for m in order:
         rows = sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"])
+        ok = [r for r in rows if not r.get("diverged")]
         methods[m] = {
-            "seeds": [r["seed"] for r in rows],
-            **{k: mean_std([r[k] for r in rows]) for k in METRICS},
-            "selected_epoch": [r["selected_epoch"] for r in rows],
-            "parameters": rows[0]["parameters"],
-            "seconds": mean_std([r["seconds"] for r in rows]),
-            "train_sentences_per_s": mean_std([r["train_sentences_per_s"] for r in rows]),
+            "seeds": [r["seed"] for r in ok],
+            "diverged_seeds": [r["seed"] for r in rows if r.get("diverged")],
+            **{k: mean_std([r[k] for r in ok]) for k in METRICS},
+            "selected_epoch": [r["selected_epoch"] for r in ok],
+            "parameters": ok[0]["parameters"] if ok else None,
+            "seconds": mean_std([r["seconds"] for r in ok]),
+            "train_sentences_per_s": mean_std([r["train_sentences_per_s"] for r in ok]),
         }
     paired = []
     for ref in references:
@@ -90,9 +92,14 @@ def format_table(summary: dict[str, Any]) -> str:
     ]
     for m, e in summary["methods"].items():
         p = e["parameters"]
+        params = "—" if p is None else f"{p['total'] / 1e6:.1f} / {p['active'] / 1e6:.1f}"
+        wall = "—" if e["seconds"]["mean"] is None else f"{e['seconds']['mean']:.0f}"
+        seeds = str(len(e["seeds"]))
+        if e["diverged_seeds"]:
+            seeds += f" (+{len(e['diverged_seeds'])} diverged)"
         lines.append(
-            f"| {m} | {len(e['seeds'])} | {_pm(e['test_accuracy'])} | {_pm(e['dev_accuracy'])} | "
-            f"{p['total'] / 1e6:.1f} / {p['active'] / 1e6:.1f} | {e['seconds']['mean']:.0f} |"
+            f"| {m} | {seeds} | {_pm(e['test_accuracy'])} | {_pm(e['dev_accuracy'])} | "
+            f"{params} | {wall} |"
         )
     if summary["paired_differences"]:
         lines += [
