@@ -76,7 +76,8 @@ def run_in_pool(
 
     ``fn`` must be a module-level function (it is pickled); ``report(n)`` sends a count to
     ``progress`` in this process; ``done(key, result)`` is called here as each task finishes (a
-    worker's exception is raised here, after the pool has shut down).
+    worker's exception is raised here, after ``done`` of the tasks that finished with it and
+    after the pool has shut down: the queued tasks are cancelled, the running ones end).
     """
     import multiprocessing as mp
     import queue as queue_mod
@@ -105,8 +106,17 @@ def run_in_pool(
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 drain()
-                for fut in finished:
-                    done(pending.pop(fut), fut.result())
+                error: BaseException | None = None
+                for fut in finished:  # every task that succeeded is handed over first
+                    key = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BaseException as e:
+                        error = error or e
+                        continue
+                    done(key, result)
+                if error is not None:
+                    raise error
         except BaseException:  # a failed task or Ctrl-C: start nothing more
             for fut in pending:
                 fut.cancel()

@@ -114,15 +114,47 @@ def test_groups():
     moms = {s.options["moe_options"]["momentum_angle"] for s in group_settings(["momentum"])[1:]}
     assert moms == {0.0, math.pi / 12, -math.pi / 12, math.pi / 6, -math.pi / 6}
     budget = group_settings(["budget"])
-    assert [s.options.get("nash_max_iter", 20) for s in budget] == [20, 1, 2, 5]
-    step = {s.name: s for s in group_settings(["step-norm"])}
-    assert step["ep-camex-nash-step"].options == {"moe_options": {"step_norm": "nash"}}
+    its = [(s.options.get("moe_options") or {}).get("nash_max_iter", 20) for s in budget]
+    assert its == [20, 1, 2, 5] and all(set(s.options) <= {"moe_options"} for s in budget)
+    step = group_settings(["step-norm"])
+    # every layer steps with its own τ in all four (namex, Δl = L, would confound the norm)
+    assert [(s.name, s.method) for s in step] == [
+        ("namex-full", "namex-full"),
+        ("namex-full-mean", "namex-full"),
+        ("ep-camex", "ep-camex"),
+        ("ep-camex-nash-step", "ep-camex"),
+    ]
+    assert step[1].options == {"moe_options": {"step_norm": "mean"}}
+    assert step[3].options == {"moe_options": {"step_norm": "nash"}}
     compute = group_settings(["compute"])
-    assert sum(s.time_matched for s in compute) == 5
+    timed = {s.method for s in compute if s.time_matched}
+    assert timed == {"smoe", "smear", "camex", "ep-camex", "namex-full", "namex-mom",
+                     "namex-full-mom"}  # fmt: skip
+    assert sum(s.time_matched for s in compute) == 8
     assert compute[1].options == {"top_k": 1}
     assert len(group_settings(["all"])) == sum(len(g()) for g in GROUPS.values())
     with pytest.raises(ValueError, match="unknown group"):
         group_settings(["nope"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_every_group_builds_valid_configs(tmp_path, preset):
+    """Every setting of every group gives a valid TrainConfig and model (no training): a bad
+    override (e.g. a MoE option at the top level) is an error here, not after hours."""
+    from nashmoe.models.gpt import GPTConfig
+    from nashmoe.train import TrainConfig
+
+    for s in group_settings(["all"]):
+        config = TrainConfig(
+            method=s.method,
+            preset=preset,
+            model=ablate_mod._merged_model({}, s),
+            out_dir=str(tmp_path / s.name),
+        )
+        mcfg = GPTConfig.preset(preset, vocab_size=8, method=s.method, **config.model)
+        moe = mcfg.moe_config(next(i for i in range(mcfg.n_layer) if mcfg.is_moe_block(i)))
+        for key, value in (s.options.get("moe_options") or {}).items():
+            assert getattr(moe, key) == value, (s.name, key)
 
 
 def test_conflicting_names_are_an_error(tmp_path, small_corpus):
