@@ -33,8 +33,10 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if not len(arr):
         return {"mean": None, "std": None, "n": 0, "values": []}
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else None
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": arr.tolist()}
+    with np.errstate(invalid="ignore", over="ignore"):  # nan / inf values: a nan / inf result
+        std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+        mean = float(arr.mean())
+    return {"mean": mean, "std": std, "n": len(arr), "values": arr.tolist()}
 
 
 def paired_summary(diffs: Sequence[float]) -> dict[str, Any]:

@@ -221,7 +221,6 @@ def test_sampling_switch_is_reset_when_a_step_fails(tmp_path, small_corpus, monk
     """A step that fails while the bargaining diagnostics are on leaves them off."""
     from nashmoe.moe import MoEFeedForward
     from nashmoe.train import Trainer
-
     from nashmoe.train.distributed import init_distributed, shutdown_distributed
 
     config = tiny_config(tmp_path / "run", method="namex", steps=2)
