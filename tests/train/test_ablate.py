@@ -337,7 +337,7 @@ def test_time_budget_ignores_an_explicit_reference(tmp_path, fast, monkeypatch):
     result = ablate(base, settings, reference="other", **kw)
     assert {r["setting"]: r["steps"] for r in result.runs}["smoe-time"] == 16  # namex's budget
     md = (tmp_path / "a" / "results.md").read_text()
-    assert "`smoe-time` 16 steps at 5.0 ms (budget 0 s, from `namex`)" in md
+    assert "`smoe-time` 16 steps at 5.0 ms (budget 0.08 s, from `namex`)" in md
 
 
 def _in_process_pool(fn, tasks, *, jobs, done, progress=None):

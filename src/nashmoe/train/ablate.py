@@ -980,9 +980,12 @@ def _write_markdown(
         "Perplexities of the best-on-validation weights (test evaluated once); mean ± sample std "
         "(ddof = 1) over seeds. Δ: the setting minus the reference, paired by seed (the same "
         "initialisation and data order): mean ± std of the per-seed differences [95% "
-        "t-interval]; (noise): the interval contains 0. Step ms: mean training step time; "
-        "wall s: training, evaluation and expert-similarity time of a run (with several jobs, "
-        "measured under contention).",
+        "t-interval]; (noise): the interval contains 0; (undefined): a non-finite difference. "
+        "Step ms: mean training step time (the first step of each process and the steps that "
+        "sample the bargaining diagnostics left out); wall s: training, evaluation and "
+        "expert-similarity time of a run (a resumed run: its earlier processes up to the "
+        "checkpoint it resumed from, plus the last; with several jobs, measured under "
+        "contention).",
         "",
         table,
         "",
@@ -993,7 +996,7 @@ def _write_markdown(
             "with the steps): "
             + "; ".join(
                 f"`{n}` {c['steps']} steps at {1000 * c['step_time_s']:.1f} ms (budget "
-                f"{c['budget_s']:.0f} s, from `{c['budget_from']}`)"
+                f"{c['budget_s']:.3g} s, from `{c['budget_from']}`)"
                 for n, c in info["calibration"].items()
                 if "steps" in c
             )
