@@ -33,14 +33,17 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if not len(arr):
         return {"mean": None, "std": None, "n": 0, "values": []}
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else None
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": arr.tolist()}
+    with np.errstate(invalid="ignore", over="ignore"):  # nan / inf values: a nan / inf result
+        std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+        mean = float(arr.mean())
+    return {"mean": mean, "std": std, "n": len(arr), "values": arr.tolist()}
 
 
 def paired_summary(diffs: Sequence[float]) -> dict[str, Any]:
     """Per-seed differences summarised: ``mean``, sample ``std``, ``ci95`` (Student's t) and
-    ``status``: ``"higher"`` / ``"lower"`` (the interval excludes 0), ``"within noise"``, or
-    ``"too few seeds"`` (one difference: no interval)."""
+    ``status``: ``"higher"`` / ``"lower"`` (the interval excludes 0), ``"within noise"``,
+    ``"too few seeds"`` (one difference: no interval), or ``"undefined"`` (a non-finite
+    difference: a non-finite mean or std, no interval)."""
     stats = mean_std(diffs)
     out: dict[str, Any] = {
         "mean": stats["mean"],
@@ -48,7 +51,10 @@ def paired_summary(diffs: Sequence[float]) -> dict[str, Any]:
         "ci95": None,
         "status": "too few seeds",
     }
-    if stats["std"] is not None:
+    finite = [v for v in (stats["mean"], stats["std"]) if v is not None]
+    if not all(math.isfinite(v) for v in finite):
+        out["status"] = "undefined"
+    elif stats["std"] is not None:
         half = t_quantile_975(len(diffs) - 1) * stats["std"] / math.sqrt(len(diffs))
         lo, hi = stats["mean"] - half, stats["mean"] + half
         out["ci95"] = [lo, hi]

@@ -171,3 +171,16 @@ def test_diagnostics_are_off_unless_asked_for():
     assert layer.bargaining_stats is True
     assert set(layer(x, return_aux=True)[1].bargaining) == set(BARGAIN_STATS)
     assert MoEFeedForward(MoEConfig(method="namex", d_model=4, d_ff=4)).bargaining_stats is False
+
+
+@pytest.mark.parametrize("merge_weights", ["nash", "product"])
+def test_last_layer_of_a_merge_weights_chain_reports_no_step(merge_weights):
+    """With merge_weights nash/product the last layer of its chain still solves for α (its
+    merge line needs it) but skips the propagation step: no diagnostics of a step not taken."""
+    layer = _layer("namex-full", gamma=0.5, merge_weights=merge_weights)
+    x = torch.randn(2, 4, 4, dtype=D)
+    assert layer(x, return_aux=True)[1].bargaining is not None  # not last: a step, its stats
+    layer.last_in_chain = True
+    _, aux = layer(x, return_aux=True)
+    assert aux.alpha is not None and aux.state is None
+    assert aux.bargaining is None

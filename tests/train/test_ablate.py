@@ -22,6 +22,7 @@ from nashmoe.train.ablate import (
     parse_setting,
     summarize_settings,
 )
+from nashmoe.train.config import options_for_method
 
 from .conftest import tiny_config
 
@@ -42,6 +43,13 @@ def test_paired_stats_by_hand():
     assert e["std"] == pytest.approx(0.2)
     assert e["ci95"] == pytest.approx([-1 - 4.303 * 0.2 / math.sqrt(3), -1 + 4.303 * 0.2 / 3**0.5])
     assert e["status"] == "lower"
+    # a non-finite difference: no interval and no verdict (was 'higher')
+    nan = paired_stats({0: 0.1, 1: math.nan, 2: 0.2}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert nan["ci95"] is None and nan["status"] == "undefined"
+    assert ablate_mod._diff(nan) == "+nan (undefined)"
+    inf = paired_stats({0: math.inf, 1: 1.0}, {0: 0.0, 1: 0.0})
+    assert inf["ci95"] is None and inf["status"] == "undefined"
+    assert paired_stats({0: math.nan}, {0: 0.0})["status"] == "undefined"
     one = paired_stats({0: 2.0}, {0: 1.5})
     assert one["std"] is None and one["ci95"] is None and one["status"] == "too few seeds"
     assert paired_stats({0: 1.0}, {1: 1.0}) is None
@@ -114,15 +122,47 @@ def test_groups():
     moms = {s.options["moe_options"]["momentum_angle"] for s in group_settings(["momentum"])[1:]}
     assert moms == {0.0, math.pi / 12, -math.pi / 12, math.pi / 6, -math.pi / 6}
     budget = group_settings(["budget"])
-    assert [s.options.get("nash_max_iter", 20) for s in budget] == [20, 1, 2, 5]
-    step = {s.name: s for s in group_settings(["step-norm"])}
-    assert step["ep-camex-nash-step"].options == {"moe_options": {"step_norm": "nash"}}
+    its = [(s.options.get("moe_options") or {}).get("nash_max_iter", 20) for s in budget]
+    assert its == [20, 1, 2, 5] and all(set(s.options) <= {"moe_options"} for s in budget)
+    step = group_settings(["step-norm"])
+    # every layer steps with its own τ in all four (namex, Δl = L, would confound the norm)
+    assert [(s.name, s.method) for s in step] == [
+        ("namex-full", "namex-full"),
+        ("namex-full-mean", "namex-full"),
+        ("ep-camex", "ep-camex"),
+        ("ep-camex-nash-step", "ep-camex"),
+    ]
+    assert step[1].options == {"moe_options": {"step_norm": "mean"}}
+    assert step[3].options == {"moe_options": {"step_norm": "nash"}}
     compute = group_settings(["compute"])
-    assert sum(s.time_matched for s in compute) == 5
+    timed = {s.method for s in compute if s.time_matched}
+    assert timed == {"smoe", "smear", "camex", "ep-camex", "namex-full", "namex-mom",
+                     "namex-full-mom"}  # fmt: skip
+    assert sum(s.time_matched for s in compute) == 8
     assert compute[1].options == {"top_k": 1}
     assert len(group_settings(["all"])) == sum(len(g()) for g in GROUPS.values())
     with pytest.raises(ValueError, match="unknown group"):
         group_settings(["nope"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_every_group_builds_valid_configs(tmp_path, preset):
+    """Every setting of every group gives a valid TrainConfig and model (no training): a bad
+    override (e.g. a MoE option at the top level) is an error here, not after hours."""
+    from nashmoe.models.gpt import GPTConfig
+    from nashmoe.train import TrainConfig
+
+    for s in group_settings(["all"]):
+        config = TrainConfig(
+            method=s.method,
+            preset=preset,
+            model=ablate_mod._merged_model({}, s),
+            out_dir=str(tmp_path / s.name),
+        )
+        mcfg = GPTConfig.preset(preset, vocab_size=8, method=s.method, **config.model)
+        moe = mcfg.moe_config(next(i for i in range(mcfg.n_layer) if mcfg.is_moe_block(i)))
+        for key, value in (s.options.get("moe_options") or {}).items():
+            assert getattr(moe, key) == value, (s.name, key)
 
 
 def test_conflicting_names_are_an_error(tmp_path, small_corpus):
@@ -217,13 +257,137 @@ def test_time_matched_steps_are_calibrated_once(tmp_path, fast, monkeypatch):
     assert sorted(probes) == ["namex", "smoe-time"]
     ablate(base, settings, resume=True, **kw)
     assert len(probes) == 2  # calibration.json reused
+    # runtime options changed on resume (--jobs, --threads, progress): nothing re-probed or
+    # re-trained (they are not part of a run's numbers)
+    trained = len(fast)
+    ablate(base.replace(progress=True, threads=1), settings, resume=True, **kw)
+    assert len(probes) == 2 and len(fast) == trained
+    monkeypatch.setattr(ablate_mod, "run_in_pool", _in_process_pool)
+    ablate(base.replace(threads=1), settings, resume=True, jobs=2, **kw)
+    assert len(probes) == 2 and len(fast) == trained
     fixed = ablate(base, settings, overwrite=True, seconds=0.05, **kw)
     assert {r["setting"]: r["steps"] for r in fixed.runs}["smoe-time"] == 10
 
 
-def test_measure_step_time(tmp_path, small_corpus):
+def test_measure_step_time(tmp_path, small_corpus, monkeypatch):
+    from nashmoe.train import Trainer
+
+    seen = []
+    setup = Trainer.setup
+
+    def spy(self):
+        seen.append(self)
+        setup(self)
+
+    monkeypatch.setattr(Trainer, "setup", spy)
     t = measure_step_time(tiny_config(tmp_path / "p", method="namex"), small_corpus, steps=2)
     assert 0 < t < 10
+    # two timed steps; the last (logged) step samples the bargaining diagnostics, untimed
+    assert seen[0].timing["steps_timed"] == 2 and seen[0].timing["steps_sampled"] == 1
+
+
+def test_time_budget_comes_from_the_group_not_the_reference(tmp_path, monkeypatch):
+    times = {"other": 0.01, "namex": 0.02, "smoe-time": 0.005, "custom-time": 0.004}
+    probes: list[str] = []
+
+    def fake_probe(config, corpus, *, steps):
+        probes.append(config.name)
+        return times[config.name]
+
+    monkeypatch.setattr(ablate_mod, "measure_step_time", fake_probe)
+    settings = [
+        Setting("other", "smear", group="g0"),  # the overall reference
+        Setting("namex", "namex", group="compute"),
+        Setting("smoe-time", "smoe", time_matched=True, group="compute"),
+        Setting("c0", "smear"),
+        Setting("custom-time", "smoe", time_matched=True),
+    ]
+    _, _, firsts = ablate_mod._merge_settings(settings)
+    base = tiny_config(tmp_path / "x", method="namex", steps=4)
+    configs = {
+        s.name: base.replace(
+            method=s.method, name=s.name, model=options_for_method(base.model, s.method)
+        )
+        for s in settings
+    }
+    times["c0"] = 0.002
+    kw = dict(steps=4, probe_steps=2, corpus=lambda c: None, log=lambda m: None)
+    cal = ablate_mod._time_matched_steps(
+        configs, settings, firsts, seconds=None, path=tmp_path / "c.json", **kw
+    )
+    assert cal["smoe-time"]["steps"] == 16 and cal["smoe-time"]["budget_from"] == "namex"
+    assert cal["custom-time"]["steps"] == 2 and cal["custom-time"]["budget_from"] == "c0"
+    assert "other" not in probes and cal["namex"]["budget_s"] == pytest.approx(0.08)
+    fixed = ablate_mod._time_matched_steps(
+        configs, settings, firsts, seconds=0.05, path=tmp_path / "c.json", **kw
+    )
+    assert fixed["smoe-time"]["steps"] == 10 and fixed["smoe-time"]["budget_from"] == "--seconds"
+
+
+def test_time_budget_ignores_an_explicit_reference(tmp_path, fast, monkeypatch):
+    times = {"other": 0.01, "namex": 0.02, "smoe-time": 0.005}
+    monkeypatch.setattr(ablate_mod, "measure_step_time", lambda c, corpus, *, steps: times[c.name])
+    base = tiny_config(tmp_path / "x", method="namex", steps=4, warmup=2)
+    settings = [
+        Setting("namex", "namex", group="compute"),
+        Setting("smoe-time", "smoe", time_matched=True, group="compute"),
+        Setting("other", "smear", group="g0"),
+    ]
+    kw = dict(seeds=[0], out=tmp_path / "a", plots=False, log=lambda m: None)
+    result = ablate(base, settings, reference="other", **kw)
+    assert {r["setting"]: r["steps"] for r in result.runs}["smoe-time"] == 16  # namex's budget
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert "`smoe-time` 16 steps at 5.0 ms (budget 0.08 s, from `namex`)" in md
+
+
+def _in_process_pool(fn, tasks, *, jobs, done, progress=None):
+    """run_in_pool's contract in this process (the test's monkeypatches reach the runs)."""
+    for key, task in tasks:
+        done(key, fn(task, None))
+
+
+def test_a_failed_run_stops_the_pool_after_saving_the_finished(tmp_path, fast, monkeypatch):
+    monkeypatch.setattr(ablate_mod, "run_in_pool", _in_process_pool)
+    counted = compare_mod.train
+
+    def fails(config, **k):
+        if config.name == "b-s0":
+            raise RuntimeError("run b failed")
+        return counted(config, **k)
+
+    monkeypatch.setattr(compare_mod, "train", fails)
+    base = tiny_config(tmp_path / "x", method="namex", steps=2)
+    settings = [Setting("a", "namex"), Setting("b", "namex-mom"), Setting("c", "smear")]
+    messages: list[str] = []
+    kw = dict(seeds=[0], out=tmp_path / "o", plots=False, jobs=2)
+    with pytest.raises(RuntimeError, match="run b failed"):
+        ablate(base, settings, log=messages.append, **kw)
+    assert fast == ["a-s0"]  # c was not started
+    assert "stopped after 1 of 3 runs" in messages[-1] and "--resume" in messages[-1]
+    monkeypatch.setattr(compare_mod, "train", counted)
+    result = ablate(base, settings, resume=True, log=messages.append, **kw)
+    assert fast == ["a-s0", "b-s0", "c-s0"]  # a reused
+    assert [r.get("reused", False) for r in result.runs] == [True, False, False]
+
+
+def test_nash_every_note_in_the_results(tmp_path, fast):
+    base = tiny_config(tmp_path / "x", method="namex", steps=2)
+    settings = [Setting("a", "namex"), Setting("b", "namex-mom")]
+    shared = {**base.model, "moe_options": {"nash_every": 2}}  # a --set nash_every=2
+    out = tmp_path / "o"
+    ablate(base, settings, model_overrides=shared, seeds=[0], out=out, plots=False,
+           log=lambda m: None)  # fmt: skip
+    notes = json.loads((out / "results.json").read_text())["notes"]
+    assert len(notes) == 2 and "`a` (nash_every=2) equals nash_every=L" in notes[0]
+    assert "with 2 MoE layers" in notes[0]
+    md = (out / "results.md").read_text()
+    assert "Notes:" in md and notes[1] in md
+    # a deep enough model: Δl = 2 differs from Δl = L, no note
+    deep = ablate_mod._nash_every_notes(
+        [Setting("d", "namex", {"n_layer": 4, "moe_options": {"nash_every": 2}})],
+        {"d": base.replace(model={**base.model, "n_layer": 4, "moe_options": {"nash_every": 2}})},
+    )
+    assert deep == []
 
 
 def test_cli(tmp_path, capsys, fast):

@@ -207,8 +207,59 @@ def test_bargaining_diagnostics_are_sampled_at_logging_steps(tmp_path, small_cor
     cols = read_metrics(tmp_path / "run")
     logged = [s for s, v in zip(cols["step"], cols["bargain/alpha_spread/l0"]) if v is not None]
     assert logged == [3, 6]
+    # the sampled steps (3 and 6) cost more: timed apart, not in step_time_s; the first step
+    # of the process is not timed either
+    assert result.timing["steps_timed"] == 3 and result.timing["steps_sampled"] == 2
     assert all(0 <= float(v) < 10 for v in cols["bargain/alpha_spread/l0"] if v is not None)
     assert all(-1 <= float(v) <= 1 for v in cols["bargain/nash_vs_mean_cosine/l0"] if v)
     layers = [m for m in trainer.model.modules() if isinstance(m, MoEFeedForward)]
     assert layers and not any(m.bargaining_stats for m in layers)
     assert result.nash["solves"] > 0
+
+
+def test_sampling_switch_is_reset_when_a_step_fails(tmp_path, small_corpus, monkeypatch):
+    """A step that fails while the bargaining diagnostics are on leaves them off."""
+    from nashmoe.moe import MoEFeedForward
+    from nashmoe.train import Trainer
+    from nashmoe.train.distributed import init_distributed, shutdown_distributed
+
+    config = tiny_config(tmp_path / "run", method="namex", steps=2)
+    trainer = Trainer(config, corpus=small_corpus)
+    trainer.ctx = init_distributed(config.device, config.distributed)
+    try:
+        trainer.setup()
+        layers = [m for m in trainer.model.modules() if isinstance(m, MoEFeedForward)]
+
+        def boom(*args, **kwargs):
+            assert layers and all(m.bargaining_stats for m in layers)  # log_interval 1
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(trainer, "wrapped", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            trainer.train_step(0)
+        assert not any(m.bargaining_stats for m in layers)
+        trainer.logger.close()
+    finally:
+        shutdown_distributed(trainer.ctx)
+
+
+def test_wall_time_of_a_resumed_run_counts_the_earlier_process(tmp_path, small_corpus):
+    import time
+
+    kw = dict(method="namex", steps=4, ckpt_interval=2)
+
+    class Crash(RuntimeError):
+        pass
+
+    def slow_then_crash(step, metrics):
+        if step == 1:
+            time.sleep(0.3)  # before the checkpoint of step 2: counted
+        if step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_config(tmp_path / "b", **kw), corpus=small_corpus, on_step=slow_then_crash)
+    resumed = train(tiny_config(tmp_path / "b", **kw), corpus=small_corpus, resume=True)
+    assert resumed.timing["earlier_wall_time_s"] >= 0.3
+    fresh = train(tiny_config(tmp_path / "c", **kw), corpus=small_corpus)
+    assert fresh.timing["earlier_wall_time_s"] == 0.0

@@ -655,13 +655,13 @@ class MoEFeedForward(nn.Module):
             status, residual = part.status, part.residual
         else:
             status, residual = incoming.status, incoming.residual
+        if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
+            part.next_state = None  # no step taken: no diagnostics of it
+            return part
         if self.bargaining_stats:
             part.bargaining = propagation_stats(
                 players, part.alpha, direction, step, base, cfg.gamma
             )
-        if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
-            part.next_state = None
-            return part
         part.next_state = PropagationState(
             base=_axpy(base, cfg.gamma, step),
             momentum_re=mom_re,

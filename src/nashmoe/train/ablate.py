@@ -12,20 +12,30 @@ the same initialisation and data order).
 
 The groups (:data:`GROUPS`; reference first):
 
-1. ``step-norm``: ``namex`` (step_norm="nash", the paper), ``namex-mean`` (step_norm="mean":
-   Nash direction, the mean's step length), ``ep-camex`` and ``ep-camex-nash-step``
-   (EP-CAMEx's mean direction with NAMEx's step length). The rescaling: EP-CAMEx with
-   ``step_norm="nash"`` propagates E_m + γ √N m/‖m‖ with m = (1/N) Σ_i M_i(τ_i), i.e. γ is
-   rescaled by √N/‖m‖ at every step, so that its step has exactly the norm γ√N of NAMEx's
-   (without curvature; with curvature NAMEx bargains on the uncurved τ_i, and its step is still
-   γ√N). A constant rescaling of γ could only match the step length at one point of training.
+1. ``step-norm``: ``namex-full`` (step_norm="nash", the reference), ``namex-full-mean``
+   (step_norm="mean": Nash direction, the mean's step length), ``ep-camex`` and
+   ``ep-camex-nash-step`` (EP-CAMEx's mean direction with NAMEx's step length). All four take a
+   step at every layer (Δl = 1) with that layer's own τ_i; the paper's ``namex`` (Δl = L) would
+   not do: its later layers reuse the first layer's α on their own τ_i, so their step norm is
+   not √N (measured: 9.5 at layer 1 against 2.0 for namex-full and ep-camex-nash-step). The
+   pairs: *step length at a fixed direction*: namex-full − namex-full-mean (Nash direction),
+   ep-camex-nash-step − ep-camex (mean direction); *direction at a fixed step length*:
+   namex-full − ep-camex-nash-step (√N), namex-full-mean − ep-camex (the mean's). The table
+   reports every setting against namex-full; the other two differences follow from the
+   per-seed records in ``results.json`` (or ``--setting`` / ``--reference``). The rescaling:
+   EP-CAMEx with ``step_norm="nash"`` propagates E_m + γ √N m/‖m‖ with m = (1/N) Σ_i M_i(τ_i),
+   i.e. γ is rescaled by √N/‖m‖ at every step, so that its step has exactly the norm γ√N of
+   NAMEx's (without curvature; with curvature NAMEx bargains on the uncurved τ_i, and its step
+   is still γ√N). A constant rescaling of γ could only match the step length at one point of
+   training.
 2. ``budget``: ``namex-full`` with ``nash_max_iter`` 1, 2, 5 and 20 (the paper's budget, the
    reference); the residual, the perplexity and the step time are reported (the solver warm
    starts from the previous step's α, so a small budget still tracks α over training).
 3. ``nash-every``: Δl = 1 (``namex-full``), 2 (``namex-dl2``) and L (``namex``, the
    reference: one solve at the first MoE layer). The last MoE layer skips its step, so Δl = 2
    differs from Δl = L only with at least four MoE layers (``--set n_layer=6`` with the small
-   preset, or the medium preset).
+   preset, or the medium preset); a setting whose Δl (its own or a ``--set nash_every``)
+   equals Δl = L is noted in the log, ``results.json`` (``notes``) and ``results.md``.
 4. ``momentum``: ``namex-full-mom`` with φ ∈ {0, ±π/12, ±π/6} and r ∈ {0.3, 0.8}, against
    ``namex-full`` (no momentum, the reference).
 5. ``bargain-on``: bargaining on τ_i (the paper, the reference) against curved τ_i, with
@@ -34,12 +44,13 @@ The groups (:data:`GROUPS`; reference first):
    the Nash weights, or by their renormalised product (``MoEConfig.merge_weights``).
 7. ``compute``: SMoE top-1 (the active expert parameters of the merging methods, which apply
    one merged expert per unit) and top-2, SMEAR, CAMEx, EP-CAMEx against NAMEx at equal steps;
-   and the same methods (``-time``) trained for the same wall-clock time as the reference:
-   each one's steps are ``budget / step time``, with its step time measured by a short probe
-   (``probe_steps`` steps, one run at a time, before the trainings) and ``budget`` the
-   reference's probe step time × ``steps`` (or ``seconds``). The warm-up is scaled with the
-   steps and the cosine schedule completes, so every time-matched run is an ordinary run of
-   fewer or more steps.
+   and the same methods plus NAMEx-Full, NAMEx-Mom and NAMEx-Full-Mom (``-time``) trained for
+   the same wall-clock time as NAMEx: each one's steps are ``budget / step time``, with its
+   step time measured by a short probe (``probe_steps`` steps, one run at a time, before the
+   trainings; the step that samples the bargaining diagnostics is not timed) and ``budget``
+   the probed step time × ``steps`` of its group's first setting (``namex``; ``reference``
+   does not change it), or ``seconds``. The warm-up is scaled with the steps and the cosine
+   schedule completes, so every time-matched run is an ordinary run of fewer or more steps.
 
 Outputs in ``out``: ``runs/<setting>-s<seed>/`` (each a :func:`~nashmoe.train.train` run with
 its ``record.json``), ``calibration.json`` (the time-matched steps, reused on resume),
@@ -47,7 +58,10 @@ its ``record.json``), ``calibration.json`` (the time-matched steps, reused on re
 Nash residual, bargaining diagnostics; the per-setting summary; the paired differences) and
 ``results.md``; ``bargaining.png`` with matplotlib. ``resume`` reuses every finished run (same
 settings) and resumes the others from their checkpoints, so an interrupted ablation never
-re-trains a finished (setting, seed).
+re-trains a finished (setting, seed). Runtime options (``--jobs``, ``--threads``, progress,
+device, paths, logging back-ends: the trainer's resumable changes) may differ on resume: they
+re-train nothing and re-probe nothing. A run's ``wall_time_s`` adds, for a resumed run, its
+earlier processes' wall time up to the checkpoint it resumed from.
 """
 
 from __future__ import annotations
@@ -59,7 +73,6 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +80,7 @@ from typing import Any
 import torch
 
 from nashmoe._stats import paired_summary
+from nashmoe._workers import run_in_pool
 from nashmoe.data import Corpus
 from nashmoe.models.gpt import GPTConfig
 from nashmoe.moe import METHODS
@@ -75,7 +89,7 @@ from nashmoe.train.config import TrainConfig, options_for_method, parse_model_ov
 from nashmoe.train.loggers import read_metrics
 from nashmoe.train.report import format_bargaining, mean_std, summarize_bargaining
 from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
-from nashmoe.train.trainer import Trainer, git_state
+from nashmoe.train.trainer import Trainer, git_state, numeric_settings
 
 # the module (the package ``nashmoe.train`` exports the function ``compare`` under that name);
 # its ``_run_one`` and ``_corpus_for`` are shared with ``nashmoe compare``
@@ -203,9 +217,11 @@ def _compute_settings() -> list[Setting]:
         ("camex", "camex", {}),
         ("ep-camex", "ep-camex", {}),
     ]
+    # the other NAMEx variants at the same wall-clock time as NAMEx (equal steps: other groups)
+    timed = [*arms, *((m, m, {}) for m in ("namex-full", "namex-mom", "namex-full-mom"))]
     out = [Setting("namex", "namex", group="compute")]
     out += [Setting(n, m, o, group="compute") for n, m, o in arms]
-    out += [Setting(f"{n}-time", m, o, time_matched=True, group="compute") for n, m, o in arms]
+    out += [Setting(f"{n}-time", m, o, time_matched=True, group="compute") for n, m, o in timed]
     return out
 
 
@@ -216,9 +232,9 @@ def _group(name: str, arms: list[tuple[str, str, dict[str, Any]]]) -> list[Setti
 GROUPS: dict[str, Callable[[], list[Setting]]] = {
     "step-norm": lambda: _group(
         "step-norm",
-        [
-            ("namex", "namex", {}),
-            ("namex-mean", "namex", _moe(step_norm="mean")),
+        [  # every layer steps (Δl = 1) in all four: see the module docstring
+            ("namex-full", "namex-full", {}),
+            ("namex-full-mean", "namex-full", _moe(step_norm="mean")),
             ("ep-camex", "ep-camex", {}),
             ("ep-camex-nash-step", "ep-camex", _moe(step_norm="nash")),
         ],
@@ -226,7 +242,7 @@ GROUPS: dict[str, Callable[[], list[Setting]]] = {
     "budget": lambda: _group(
         "budget",
         [("namex-full", "namex-full", {})]
-        + [(f"namex-full-it{k}", "namex-full", {"nash_max_iter": k}) for k in (1, 2, 5)],
+        + [(f"namex-full-it{k}", "namex-full", _moe(nash_max_iter=k)) for k in (1, 2, 5)],
     ),
     "nash-every": lambda: _group(
         "nash-every",
@@ -407,16 +423,18 @@ def summarize_settings(
 # --------------------------------------------------------------------------- time matching
 def measure_step_time(config: TrainConfig, corpus: Corpus, *, steps: int = 10) -> float:
     """Mean seconds per optimiser step of ``config`` over ``steps`` steps (after one untimed
-    step), through the trainer's own step in a temporary directory (no evaluation)."""
+    step), through the trainer's own step in a temporary directory (no evaluation). The probe's
+    one logged step, its last, samples the bargaining diagnostics and is not timed (as in
+    training, where those steps are left out of ``step_time_s``)."""
     from nashmoe.train.distributed import init_distributed, shutdown_distributed
 
     with tempfile.TemporaryDirectory(prefix="nashmoe-probe-") as tmp:
         cfg = config.replace(
-            steps=steps + 1,
+            steps=steps + 2,  # untimed: the first (set-up) and the last (diagnostics sampled)
             warmup=1,
             out_dir=tmp,
             name="probe",
-            log_interval=steps + 1,
+            log_interval=steps + 2,
             eval_interval=None,
             ckpt_interval=None,
             tensorboard="off",
@@ -437,7 +455,7 @@ def measure_step_time(config: TrainConfig, corpus: Corpus, *, steps: int = 10) -
 def _time_matched_steps(
     configs: dict[str, TrainConfig],
     settings: Sequence[Setting],
-    reference: str,
+    firsts: dict[str, str],
     *,
     steps: int,
     seconds: float | None,
@@ -446,19 +464,24 @@ def _time_matched_steps(
     path: Path,
     log: Callable[[str], None],
 ) -> dict[str, dict[str, float]]:
-    """``{setting: {"step_time_s", "budget_s", "steps"}}`` for the time-matched settings,
-    from ``path`` when it holds them for the same budget definition and configurations, else
-    measured."""
+    """``{setting: {"step_time_s", "budget_s", "budget_from", "steps"}}`` for the
+    time-matched settings (and ``{"step_time_s", "budget_s"}`` for the settings that set a
+    budget), from ``path`` when it holds them for the same budget definition and
+    configurations, else measured. A time-matched setting's budget is ``seconds``, or the
+    probed step time × ``steps`` of its own group's first setting (``firsts``), whatever the
+    reference of the comparisons."""
     timed = [s for s in settings if s.time_matched]
     if not timed:
         return {}
-    probed = [s.name for s in timed] + ([reference] if seconds is None else [])
+    budget_from = {s.name: None if seconds is not None else firsts[s.group] for s in timed}
+    probed = list(dict.fromkeys([s.name for s in timed] + [r for r in budget_from.values() if r]))
     key = {
         "seconds": seconds,
         "steps": steps,
-        "reference": reference,
+        "budget_from": budget_from,
         "probe": probe_steps,
-        "configs": {n: configs[n].to_dict() for n in probed},  # a changed shape re-probes
+        # a changed shape re-probes; runtime options (threads, progress, ...) do not
+        "configs": {n: numeric_settings(configs[n]) for n in probed},
     }
     cached: dict[str, Any] = {}
     if path.is_file():
@@ -477,13 +500,19 @@ def _time_matched_steps(
             log(f"probe: {name} {1000 * step_times[name]:.1f} ms/step")
         return step_times[name]
 
-    budget = seconds if seconds is not None else probe(reference) * steps
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for s in timed:
+        ref = budget_from[s.name]
+        budget = seconds if ref is None else probe(ref) * steps
         n = max(1, round(budget / probe(s.name)))
-        out[s.name] = {"step_time_s": step_times[s.name], "budget_s": budget, "steps": n}
-    if seconds is None:
-        out.setdefault(reference, {"step_time_s": step_times[reference], "budget_s": budget})
+        out[s.name] = {
+            "step_time_s": step_times[s.name],
+            "budget_s": budget,
+            "budget_from": ref or "--seconds",
+            "steps": n,
+        }
+    for ref in dict.fromkeys(r for r in budget_from.values() if r):
+        out.setdefault(ref, {"step_time_s": step_times[ref], "budget_s": step_times[ref] * steps})
     write_json_atomic(path, {"key": key, "settings": out})
     return out
 
@@ -536,8 +565,8 @@ def ablate(
         jobs: parallel training processes (pool workers end with this process).
         resume: reuse finished runs (same settings) and resume unfinished ones.
         overwrite: replace the runs already in ``out``.
-        seconds: the time budget of time-matched settings (default: the reference's measured
-            step time × ``base.steps``).
+        seconds: the time budget of time-matched settings (default: the measured step time ×
+            ``base.steps`` of each one's group's first setting).
         probe_steps: timed steps of the step-time probe of time-matched settings.
         plots: write ``bargaining.png`` (needs matplotlib).
         command: the command line, recorded in the outputs.
@@ -588,13 +617,9 @@ def ablate(
         )
         for s in settings
     }
-    for s in settings:
-        every = (s.options.get("moe_options") or {}).get("nash_every")
-        if every is not None and every > 1 and model_layers(configs[s.name]) <= every + 1:
-            log(
-                f"note: {s.name} (nash_every={every}) equals one solve at the first layer with "
-                f"{model_layers(configs[s.name])} MoE layers (the last one skips its step)"
-            )
+    notes = _nash_every_notes(settings, configs)
+    for note in notes:
+        log(f"note: {note}")
     out = check_writable_dir(out, option="--out")
     with RunLock(out):
         if not resume and not overwrite:
@@ -624,8 +649,30 @@ def ablate(
             probe_steps=probe_steps,
             plots=plots,
             command=command,
+            notes=notes,
             log=log,
         )
+
+
+def _nash_every_notes(settings: Sequence[Setting], configs: dict[str, TrainConfig]) -> list[str]:
+    """A note per setting whose Δl = ``nash_every`` > 1 (its own or a shared ``--set``) equals
+    Δl = L: with L MoE layers the last one skips its step, so Δl ≥ L − 1 solves only at the
+    first layer."""
+    notes = []
+    for s in settings:
+        mcfg = _model_config(configs[s.name])
+        first = next((i for i in range(mcfg.n_layer) if mcfg.is_moe_block(i)), None)
+        if first is None:
+            continue
+        every = mcfg.moe_config(first).nash_every
+        layers = model_layers(configs[s.name])
+        if every is not None and every > 1 and layers <= every + 1:
+            notes.append(
+                f"`{s.name}` (nash_every={every}) equals nash_every=L (one solve at the first "
+                f"MoE layer) with {layers} MoE layers: the last one skips its step; Δl = "
+                f"{every} differs from Δl = L from {every + 2} MoE layers on"
+            )
+    return notes
 
 
 def _ablate_locked(
@@ -647,6 +694,7 @@ def _ablate_locked(
     probe_steps: int,
     plots: bool,
     command: str | None,
+    notes: list[str],
     log: Callable[[str], None],
 ) -> AblationResult:
     t0 = time.perf_counter()
@@ -654,7 +702,7 @@ def _ablate_locked(
     calibration = _time_matched_steps(
         configs,
         settings,
-        reference,
+        firsts,
         steps=base.steps,
         seconds=seconds,
         probe_steps=probe_steps,
@@ -704,19 +752,18 @@ def _ablate_locked(
         for name, cfg in runs_cfg:
             done(name, _compare._run_one(cfg.to_dict(), resume, overwrite))
     else:
-        import multiprocessing as mp
-
-        from nashmoe._workers import worker_initializer
-
-        with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=worker_initializer()
-        ) as pool:
-            futures = {
-                pool.submit(_compare._run_one, cfg.to_dict(), resume, overwrite): name
-                for name, cfg in runs_cfg
-            }
-            for fut in as_completed(futures):
-                done(futures[fut], fut.result())
+        # A failed run (or Ctrl-C) cancels the queued runs; the runs that finished have their
+        # record.json (written by each worker), which --resume reuses.
+        tasks = [(name, (cfg.to_dict(), resume, overwrite)) for name, cfg in runs_cfg]
+        try:
+            run_in_pool(_pool_task, tasks, jobs=jobs, done=done)
+        except BaseException:
+            log(
+                f"stopped after {len(records)} of {len(runs_cfg)} runs (a run failed or the "
+                f"ablation was interrupted): the queued runs were cancelled; the finished ones "
+                f"are in {out / 'runs'} and --resume reuses them"
+            )
+            raise
     order = {(n, c.seed): i for i, (n, c) in enumerate(runs_cfg)}
     records.sort(key=lambda r: order[(r["setting"], r["seed"])])
     for r in records:  # steps trained (diverged runs: the configured steps)
@@ -764,6 +811,7 @@ def _ablate_locked(
             "model": shared,
         },
         "calibration": calibration,
+        "notes": notes,
         "git": git,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -794,6 +842,11 @@ def _ablate_locked(
         files=files,
         diverged=diverged,
     )
+
+
+def _pool_task(task: tuple[dict[str, Any], bool, bool], report: Any) -> dict[str, Any]:
+    """One run in a pool worker (:func:`nashmoe._workers.run_in_pool`)."""
+    return _compare._run_one(*task)
 
 
 def _group_references(
@@ -838,7 +891,9 @@ def _diff(entry: dict[str, Any] | None, scale: float = 1.0) -> str:
     if entry is None:
         return "—"
     text = f"{entry['mean'] * scale:+.3g}"
-    if entry["std"] is not None:
+    if entry["status"] == "undefined":
+        return text + " (undefined)"
+    if entry["ci95"] is not None:
         lo, hi = entry["ci95"]
         text += f" ± {entry['std'] * scale:.2g} [{lo * scale:+.3g}, {hi * scale:+.3g}]"
         if entry["status"] == "within noise":
@@ -925,9 +980,12 @@ def _write_markdown(
         "Perplexities of the best-on-validation weights (test evaluated once); mean ± sample std "
         "(ddof = 1) over seeds. Δ: the setting minus the reference, paired by seed (the same "
         "initialisation and data order): mean ± std of the per-seed differences [95% "
-        "t-interval]; (noise): the interval contains 0. Step ms: mean training step time; "
-        "wall s: training, evaluation and expert-similarity time of a run (with several jobs, "
-        "measured under contention).",
+        "t-interval]; (noise): the interval contains 0; (undefined): a non-finite difference. "
+        "Step ms: mean training step time (the first step of each process and the steps that "
+        "sample the bargaining diagnostics left out); wall s: training, evaluation and "
+        "expert-similarity time of a run (a resumed run: its earlier processes up to the "
+        "checkpoint it resumed from, plus the last; with several jobs, measured under "
+        "contention).",
         "",
         table,
         "",
@@ -937,13 +995,17 @@ def _write_markdown(
             "Time-matched settings (steps = budget / probed step time, the warm-up scaled "
             "with the steps): "
             + "; ".join(
-                f"`{n}` {c['steps']} steps at {1000 * c['step_time_s']:.1f} ms"
+                f"`{n}` {c['steps']} steps at {1000 * c['step_time_s']:.1f} ms (budget "
+                f"{c['budget_s']:.3g} s, from `{c['budget_from']}`)"
                 for n, c in info["calibration"].items()
                 if "steps" in c
             )
-            + f"; budget {next(iter(info['calibration'].values()))['budget_s']:.0f} s.",
+            + ". A budget is the probed step time × steps of the setting's group's first "
+            "setting, or `--seconds`.",
             "",
         ]
+    if info["notes"]:
+        lines += ["Notes:", "", *(f"- {n}" for n in info["notes"]), ""]
     bargaining = format_bargaining(summary, key="setting")
     if bargaining:
         lines += [
@@ -965,7 +1027,11 @@ def _write_markdown(
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _model_config(config: TrainConfig) -> GPTConfig:
+    return GPTConfig.preset(config.preset, vocab_size=1, method=config.method, **config.model)
+
+
 def model_layers(config: TrainConfig) -> int:
     """The number of MoE layers of ``config``'s model (Δl = 2 equals Δl = L below four)."""
-    cfg = GPTConfig.preset(config.preset, vocab_size=1, method=config.method, **config.model)
+    cfg = _model_config(config)
     return sum(cfg.is_moe_block(i) for i in range(cfg.n_layer))

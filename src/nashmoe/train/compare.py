@@ -56,7 +56,7 @@ from nashmoe.train.report import (
     verdict,
 )
 from nashmoe.train.rundir import RunDirError, RunLock, check_writable_dir, is_existing_run
-from nashmoe.train.trainer import corpus_for, git_state, train
+from nashmoe.train.trainer import corpus_for, git_state, numeric_settings, train
 
 __all__ = [
     "CompareResult",
@@ -182,7 +182,9 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
         except CheckpointError as e:  # the run is resumed from its checkpoint instead
             warnings.warn(f"{e}; the run is resumed instead", CheckpointWarning, stacklevel=2)
             record = None
-        if isinstance(record, dict) and record.get("config") == config.to_dict():
+        # runtime options (threads, progress, device, ...) may differ: the same run
+        saved = record.get("config") if isinstance(record, dict) else None
+        if isinstance(saved, dict) and numeric_settings(saved) == numeric_settings(config):
             record["reused"] = True
             return record
     if config.threads is not None:
@@ -214,7 +216,8 @@ def _run_one(config_dict: dict[str, Any], resume: bool, overwrite: bool = False)
     metrics_path = run_dir / "metrics.csv"
     if metrics_path.is_file():
         record["bargaining"] = bargaining_summary(read_metrics(metrics_path))
-    record["wall_time_s"] = time.perf_counter() - t0
+    # this process's, plus the earlier processes' of a resumed run (up to its checkpoint)
+    record["wall_time_s"] = time.perf_counter() - t0 + result.timing["earlier_wall_time_s"]
     write_json_atomic(record_path, record)
     return record
 

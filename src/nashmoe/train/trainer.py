@@ -81,6 +81,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "git_state",
+    "numeric_settings",
     "resolve_dtype",
     "resume_checkpoint",
     "train",
@@ -111,7 +112,13 @@ class TrainResult:
         best_step: the step of the selected weights.
         params: ``{"total", "active"}`` parameters.
         timing: ``tokens_per_s``, ``step_time_s`` (mean over timed steps), ``train_time_s``,
-            ``eval_time_s``, ``steps_timed``.
+            ``eval_time_s``, ``steps_timed``, ``steps_sampled``, ``earlier_wall_time_s``. The
+            timed steps leave out the first step of each process (set-up costs) and the steps
+            that sample the bargaining diagnostics (``steps_sampled``: the last step of each
+            logging interval, which costs the propagating methods more), unless every step
+            samples them (``log_interval`` 1). ``earlier_wall_time_s``: for a resumed run, the
+            wall time of its earlier processes from their set-up up to the checkpoint resumed
+            from (0 for a run trained in one process).
         nash: cumulative bargaining counts (``solves``, ``fallbacks``, ``not_converged``,
             ``status_counts``, ``residual_max``).
         base_grad_norm: the last logged ‖∂L/∂E_m^{(1)}‖ (None without an owned base).
@@ -268,6 +275,15 @@ def _set_rng_state(state: dict[str, str], device: torch.device) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+
+
+def numeric_settings(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a :class:`TrainConfig` or its ``to_dict()``) without the fields that may
+    change between a run and its resumption (paths, names, threads, device, progress, logging
+    back-ends: they do not change the numbers). Two runs with equal numeric settings are the
+    same run (``nashmoe compare``/``ablate`` reuse a finished one)."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else config
+    return {k: v for k, v in d.items() if k not in _RESUMABLE_CHANGES}
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -510,6 +526,7 @@ class Trainer:
     def setup(self) -> None:
         """Load the data, build the model and optimiser (identically seeded on every rank),
         restore a checkpoint when resuming, and open the logs and ``config.json``."""
+        self._process_t0 = time.perf_counter()
         config, ctx = self.config, self.ctx
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -564,7 +581,16 @@ class Trainer:
         self.best: dict[str, Any] = {"step": None, "val_loss": math.inf, "valid": None}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_file: Path | None = None  # best weights already on disk (unchanged since)
-        self.timing = {"train_time_s": 0.0, "eval_time_s": 0.0, "steps_timed": 0, "tokens_timed": 0}
+        self.timing = {
+            "train_time_s": 0.0,
+            "eval_time_s": 0.0,
+            "steps_timed": 0,
+            "tokens_timed": 0,
+            "sampled_time_s": 0.0,
+            "steps_sampled": 0,
+        }
+        # the wall time of the earlier processes of a resumed run, up to its checkpoint
+        self.earlier_wall_time_s = 0.0
         self.last_valid: dict[str, float] | None = None
         self.last_base_norm: float | None = None
         self.last_checkpoint: Path | None = None
@@ -596,6 +622,7 @@ class Trainer:
         self._pending_steps = 0
         self._interval_time = 0.0
         self._interval_tokens = 0
+        self._interval_timed_steps = 0
         self.eval_kwargs = dict(
             block_size=mcfg.block_size,
             batch_size=config.eval_batch_size,
@@ -632,7 +659,8 @@ class Trainer:
         self.generator.set_state(_unb64(st["data_generator"]))
         self.monitor.load_state_dict(st["monitor"])
         self.best = st["best"]
-        self.timing = st["timing"]
+        self.timing = {**self.timing, **st["timing"]}  # older checkpoints: no sampled_*
+        self.earlier_wall_time_s = float(self.timing.pop("wall_time_s", 0.0))
         self.last_valid = st.get("last_valid")
         self.last_base_norm = st.get("base_grad_norm")
         if checkpoint.has_best:
@@ -680,34 +708,37 @@ class Trainer:
             group["lr"] = lr
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         # the bargaining diagnostics: sampled at the last step of each logging interval
+        # (their extra cost is kept out of the step-time statistics, see below)
         sample_stats = self.should_log(step + 1)
         set_bargaining_stats(self.model, sample_stats)
-        for m in range(config.grad_accum):
-            x, y = get_batch(
-                self.corpus.train,
-                batch_size=self.micro_batch_size,
-                block_size=self.model_config.block_size,
-                generator=self.generator,
-                device=device,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-            )
-            sync = (
-                wrapped.no_sync()
-                if self.is_ddp and m < config.grad_accum - 1
-                else contextlib.nullcontext()
-            )
-            with sync:
-                with self.autocast():
-                    out = wrapped(x, y)
-                loss = (out.loss + out.aux_loss) / config.grad_accum
-                loss.backward()
-            step_loss += loss.detach().double()
-            self._pending_loss += out.loss.detach().double() / config.grad_accum
-            self._pending_aux += out.aux_loss.detach().double() / config.grad_accum
-            self.monitor.update(out.aux)
-        if sample_stats:
-            set_bargaining_stats(self.model, False)  # evaluation and other callers: off
+        try:
+            for m in range(config.grad_accum):
+                x, y = get_batch(
+                    self.corpus.train,
+                    batch_size=self.micro_batch_size,
+                    block_size=self.model_config.block_size,
+                    generator=self.generator,
+                    device=device,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                )
+                sync = (
+                    wrapped.no_sync()
+                    if self.is_ddp and m < config.grad_accum - 1
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with self.autocast():
+                        out = wrapped(x, y)
+                    loss = (out.loss + out.aux_loss) / config.grad_accum
+                    loss.backward()
+                step_loss += loss.detach().double()
+                self._pending_loss += out.loss.detach().double() / config.grad_accum
+                self._pending_aux += out.aux_loss.detach().double() / config.grad_accum
+                self.monitor.update(out.aux)
+        finally:
+            if sample_stats:  # evaluation and other callers: off, whatever happened
+                set_bargaining_stats(self.model, False)
         average_gradients(self.replicated, ctx)  # FSDP: the parameters it leaves unsharded
         done = step + 1
         log_now = self.should_log(done)
@@ -728,12 +759,21 @@ class Trainer:
         if device.type == "cuda" and log_now:
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
+        # The steps that sample the bargaining diagnostics cost more for the propagating
+        # methods only: they are timed apart ("sampled_time_s"), and the step-time statistics
+        # use them only when no other step was timed (log_interval 1).
         if step > self.start_step:  # the first step of a process includes one-off set-up costs
-            self.timing["train_time_s"] += elapsed
-            self.timing["steps_timed"] += 1
-            self.timing["tokens_timed"] += self.tokens_per_step
-        self._interval_time += elapsed
-        self._interval_tokens += self.tokens_per_step
+            if sample_stats:
+                self.timing["sampled_time_s"] += elapsed
+                self.timing["steps_sampled"] += 1
+            else:
+                self.timing["train_time_s"] += elapsed
+                self.timing["steps_timed"] += 1
+                self.timing["tokens_timed"] += self.tokens_per_step
+        if not (sample_stats and self._interval_timed_steps):  # the interval's own step_ms
+            self._interval_time += elapsed
+            self._interval_tokens += self.tokens_per_step
+            self._interval_timed_steps += 1
         if not log_now:
             return {}
         return self._training_metrics(lr, grad_norm, base_norm)
@@ -750,7 +790,7 @@ class Trainer:
             "train/aux_loss": sums[1],
             "train/lr": lr,
             "train/tokens_per_s": self._interval_tokens / max(self._interval_time, 1e-9),
-            "train/step_ms": 1000.0 * self._interval_time / self._pending_steps,
+            "train/step_ms": 1000.0 * self._interval_time / max(self._interval_timed_steps, 1),
         }
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
@@ -761,7 +801,7 @@ class Trainer:
         self._pending_loss.zero_()
         self._pending_aux.zero_()
         self._pending_steps = 0
-        self._interval_time, self._interval_tokens = 0.0, 0
+        self._interval_time, self._interval_tokens, self._interval_timed_steps = 0.0, 0, 0
         return metrics
 
     # ------------------------------------------------------------------------------- evaluation
@@ -821,10 +861,15 @@ class Trainer:
             best=self.best,
             best_state=self.best_state,
             best_file=self.best_file,
-            timing=self.timing,
+            timing={**self.timing, "wall_time_s": self.wall_time_s()},
             last_valid=self.last_valid,
             base_norm=self.last_base_norm,
         )
+
+    def wall_time_s(self) -> float:
+        """The run's wall time so far: the earlier processes' (up to the checkpoint resumed
+        from) and this one's since :meth:`setup` began."""
+        return self.earlier_wall_time_s + time.perf_counter() - self._process_t0
 
     # ------------------------------------------------------------------------------- the end
     def finish(self) -> TrainResult:
@@ -836,13 +881,23 @@ class Trainer:
         test = evaluate(self.eval_model, self.corpus.test, **self.eval_kwargs)
         timing["eval_time_s"] += time.perf_counter() - te
         valid = self.best["valid"]
-        steps_timed = max(timing["steps_timed"], 1)
+        if timing["steps_timed"]:
+            train_time, steps, tokens = (
+                timing["train_time_s"],
+                timing["steps_timed"],
+                timing["tokens_timed"],
+            )
+        else:  # every timed step sampled the diagnostics (log_interval 1)
+            train_time, steps = timing["sampled_time_s"], timing["steps_sampled"]
+            tokens = steps * self.tokens_per_step
         timing_out = {
-            "tokens_per_s": timing["tokens_timed"] / max(timing["train_time_s"], 1e-9),
-            "step_time_s": timing["train_time_s"] / steps_timed,
-            "train_time_s": timing["train_time_s"],
+            "tokens_per_s": tokens / max(train_time, 1e-9),
+            "step_time_s": train_time / max(steps, 1),
+            "train_time_s": train_time,
             "eval_time_s": timing["eval_time_s"],
-            "steps_timed": timing["steps_timed"],
+            "steps_timed": steps,
+            "steps_sampled": timing["steps_sampled"],
+            "earlier_wall_time_s": self.earlier_wall_time_s,
         }
         result = TrainResult(
             config=config,

@@ -5,16 +5,22 @@ reference setting, the same seed for both (see :mod:`nashmoe.train.ablate`).
 
 Groups (``--group``, repeatable, or ``all``; the reference first):
 
-  step-norm      namex | namex-mean (step_norm=mean) | ep-camex | ep-camex-nash-step
-                 (EP-CAMEx's mean direction with NAMEx's step length √N)
+  step-norm      namex-full | namex-full-mean (step_norm=mean) | ep-camex |
+                 ep-camex-nash-step (EP-CAMEx's mean direction with NAMEx's step length √N);
+                 every layer steps in all four. Step length at a fixed direction:
+                 namex-full vs namex-full-mean (Nash), ep-camex-nash-step vs ep-camex (mean).
+                 Direction at a fixed step length: namex-full vs ep-camex-nash-step (√N),
+                 namex-full-mean vs ep-camex (the mean's)
   budget         namex-full (nash_max_iter=20) | -it1 | -it2 | -it5
   nash-every     namex (Δl = L) | namex-full (Δl = 1) | namex-dl2 (Δl = 2; differs from
                  Δl = L only with four MoE layers or more: --set n_layer=6)
   momentum       namex-full | namex-full-mom with r ∈ {0.3, 0.8} × φ ∈ {0, ±15°, ±30°}
   bargain-on     namex-full-curv1 (τ) | namex-full-curv1-curved (M_i(τ_i)), curvature_rank=1
   merge-weights  namex (router scores) | namex-merge-nash | namex-merge-product
-  compute        namex | smoe-top1 | smoe | smear | camex | ep-camex, at equal steps and
-                 (-time) at the reference's wall-clock time (--seconds to fix it)
+  compute        namex | smoe-top1 | smoe | smear | camex | ep-camex, at equal steps, and
+                 the same plus namex-full, namex-mom, namex-full-mom (-time) at namex's
+                 wall-clock time (--seconds to fix it); a time budget always comes from the
+                 group's first setting, whatever --reference
 
 Examples (sized for about an hour per group on a 2-core CPU; see docs/design.md)::
 
@@ -100,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=positive_float,
         default=None,
-        help="wall-clock budget of the time-matched settings (default: the reference's "
-        "probed step time × --steps)",
+        help="wall-clock budget of the time-matched settings (default: the probed step time "
+        "× --steps of each one's group's first setting, e.g. namex for compute)",
     )
     parser.add_argument(
         "--probe-steps",
