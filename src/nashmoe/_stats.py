@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_std", "paired_summary", "t_quantile_975"]
+__all__ = ["mean_std", "paired_by_seed", "paired_summary", "t_quantile_975"]
 
 
 # Two-sided 95 % quantiles of Student's t (df = 1..30); beyond, a 1/df expansion (error < 0.002).
@@ -60,3 +60,13 @@ def paired_summary(diffs: Sequence[float]) -> dict[str, Any]:
         out["ci95"] = [lo, hi]
         out["status"] = "within noise" if lo <= 0 <= hi else ("lower" if hi < 0 else "higher")
     return out
+
+
+def paired_by_seed(values: dict[int, float], reference: dict[int, float]) -> dict[str, Any] | None:
+    """``values − reference`` on the seeds both have: ``seeds``, per-seed ``diffs`` and
+    :func:`paired_summary` of them; None when no seed is shared."""
+    seeds = sorted(set(values) & set(reference))
+    if not seeds:
+        return None
+    diffs = [values[s] - reference[s] for s in seeds]
+    return {"seeds": seeds, "diffs": diffs, **paired_summary(diffs)}

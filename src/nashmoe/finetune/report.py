@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nashmoe._stats import mean_std, paired_summary
+from nashmoe._stats import mean_std, paired_by_seed
 from nashmoe.moe import METHODS
 from nashmoe.palette import color
 
@@ -25,18 +25,10 @@ def paired_difference(
     ``"within noise"``, or ``"too few seeds"``. None when they share no seed."""
     a = {r["seed"]: r[key] for r in runs if r["method"] == method and r.get(key) is not None}
     b = {r["seed"]: r[key] for r in runs if r["method"] == reference and r.get(key) is not None}
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
+    paired = paired_by_seed(a, b)
+    if paired is None:
         return None
-    diffs = [a[s] - b[s] for s in seeds]
-    return {
-        "method": method,
-        "reference": reference,
-        "metric": key,
-        "seeds": seeds,
-        "diffs": diffs,
-        **paired_summary(diffs),
-    }
+    return {"method": method, "reference": reference, "metric": key, **paired}
 
 
 def summarize(

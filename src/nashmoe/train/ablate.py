@@ -79,7 +79,7 @@ from typing import Any
 
 import torch
 
-from nashmoe._stats import paired_summary
+from nashmoe._stats import paired_by_seed
 from nashmoe._workers import run_in_pool
 from nashmoe.data import Corpus
 from nashmoe.models.gpt import GPTConfig
@@ -336,16 +336,8 @@ def _merged_model(shared: dict[str, Any], setting: Setting) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- statistics
-def paired_stats(values: dict[int, float], reference: dict[int, float]) -> dict[str, Any] | None:
-    """``values`` minus ``reference``, paired by seed: the seeds both have, per-seed
-    differences, their mean, sample std (ddof = 1; None for one seed), 95 % t-interval and a
-    status (``"lower"`` / ``"higher"``: the interval excludes 0; ``"within noise"``; ``"too
-    few seeds"``). None when no seed is shared."""
-    seeds = sorted(set(values) & set(reference))
-    if not seeds:
-        return None
-    diffs = [values[s] - reference[s] for s in seeds]
-    return {"seeds": seeds, "diffs": diffs, **paired_summary(diffs)}
+paired_stats = paired_by_seed
+"""``values`` minus ``reference`` paired by seed (:func:`nashmoe._stats.paired_by_seed`)."""
 
 
 _METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {

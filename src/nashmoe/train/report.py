@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from nashmoe._stats import paired_summary, t_quantile_975
+from nashmoe._stats import paired_by_seed, t_quantile_975
 
 __all__ = [
     "MIN_SEEDS",
@@ -202,18 +202,10 @@ def paired_difference(
     no interval). None when the two methods share no seed."""
     by = _ppl_by_seed(runs, split)
     a, b = by.get(method, {}), by.get(reference, {})
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
+    paired = paired_by_seed(a, b)
+    if paired is None:
         return None
-    diffs = [a[s] - b[s] for s in seeds]
-    return {
-        "method": method,
-        "reference": reference,
-        "split": split,
-        "seeds": seeds,
-        "diffs": diffs,
-        **paired_summary(diffs),
-    }
+    return {"method": method, "reference": reference, "split": split, **paired}
 
 
 def paired_table(
