@@ -102,7 +102,7 @@ POOL = textwrap.dedent(
             report(1)
         if task == 5:
             raise ValueError("task five failed")
-        time.sleep(1.0 if task == 7 else 0.2)  # 7 runs beside the failing task
+        time.sleep(1.0 if task == 7 else 0.5)  # 7 runs beside the failing task
         return task * task
 
     if __name__ == "__main__":
@@ -140,6 +140,9 @@ def test_run_in_pool_reports_progress_results_and_errors(tmp_path, tasks, want) 
         assert got[key] == value
     if want["error"]:
         # 7, running beside the failing 5, finishes and is delivered; of the seven queued behind
-        # them only those already handed to a worker run, the rest are cancelled
+        # them only those already handed to a worker run, the rest are cancelled. How many reach
+        # a worker before the failure is seen depends on the machine's load (CI saw 4 on a busy
+        # 2-core box), so the test asks only that some were cancelled: without cancellation all
+        # 8 would run (7 x 0.5 s, far longer than the failure takes to arrive).
         assert got["results"]["k7"] == 49
-        assert len(got["results"]) <= 4
+        assert len(got["results"]) < 8
