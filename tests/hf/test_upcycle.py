@@ -104,6 +104,30 @@ def test_bert_sequence_routing_ignores_padding(method: str) -> None:
     assert (hidden(input_ids=padded, attention_mask=mask) - short).abs().max() > 1e-5
 
 
+def test_bert_smoe_router_losses_ignore_padding() -> None:
+    """The attention mask reaches smoe too: padding tokens stay out of its balance and z-losses
+    (the real tokens' outputs never depended on the padding)."""
+    model = hf.upcycle(dense_model("bert"), 4, "smoe", noise=0.5)
+    x = tokens(1, 7)
+    padded = torch.cat([x, torch.full((1, 5), 3)], dim=1)
+    mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 5)], dim=1).long()
+
+    def losses(**kw):
+        with torch.no_grad():
+            model(**kw)
+        return [
+            float(v)
+            for m in hf.moe_layers(model)
+            for v in (m.last_aux.balance_loss, m.last_aux.z_loss)
+        ]
+
+    short = losses(input_ids=x)
+    assert losses(input_ids=padded, attention_mask=mask) == pytest.approx(short, rel=1e-5)
+    model._nashmoe_mask_handle.remove()  # the mask kept from the MoE layers: padding counts
+    model._nashmoe_mask.mask = None
+    assert losses(input_ids=padded, attention_mask=mask) != pytest.approx(short, rel=1e-5)
+
+
 def test_bert_save_and_auto_reload(tmp_path) -> None:
     model = hf.upcycle(dense_model("bert"), 4, "namex-mom", noise=0.05, gamma=0.5)
     inputs = _inputs("bert")

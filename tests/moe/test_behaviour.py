@@ -240,6 +240,63 @@ def test_sequence_routing_ignores_padding(method):
     torch.testing.assert_close(out_padded[:, :6], out, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias_balancing", [False, True])
+def test_smoe_mask_keeps_padding_out_of_losses_and_load(bias_balancing):
+    """smoe with attention_mask: the router losses, load, importance and expert_load counts are
+    those of the real tokens alone (run unpadded); the real tokens' outputs do not change."""
+    torch.manual_seed(0)
+    layer = MoEFeedForward(
+        MoEConfig(
+            method="smoe",
+            d_model=8,
+            d_ff=16,
+            num_experts=4,
+            z_loss_coef=0.1,
+            bias_balancing=bias_balancing,
+        )
+    )
+    lengths = [5, 2]
+    x = torch.randn(2, 5, 8)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    padded = x.clone()
+    padded[~mask] = 50.0  # padding that would dominate the losses if counted
+    real = torch.cat([x[i, :n] for i, n in enumerate(lengths)])[None]  # [1, 7, 8]
+    if bias_balancing:
+        layer.expert_load.zero_()
+    ref, ref_aux = layer(real, return_aux=True)
+    ref_load = layer.expert_load.clone() if bias_balancing else None
+    if bias_balancing:
+        layer.expert_load.zero_()
+    out, aux = layer(padded, attention_mask=mask, return_aux=True)
+    torch.testing.assert_close(out[mask], ref[0])
+    for name in ("balance_loss", "z_loss", "loss", "load", "importance"):
+        torch.testing.assert_close(getattr(aux, name), getattr(ref_aux, name), msg=name)
+    if bias_balancing:
+        torch.testing.assert_close(layer.expert_load, ref_load)
+        assert float(layer.expert_load.sum()) == 7 * layer.config.top_k
+    # without the mask the padding counts: the losses differ
+    _, unmasked = layer(padded, return_aux=True)
+    assert not torch.allclose(unmasked.z_loss, ref_aux.z_loss)
+    # gradients reach the router through the masked losses only from real tokens
+    layer.zero_grad()
+    aux_only = layer(padded, attention_mask=mask, return_aux=True)[1].loss
+    aux_only.backward()
+    masked_grad = layer.router.grad.clone()
+    layer.zero_grad()
+    layer(real, return_aux=True)[1].loss.backward()
+    torch.testing.assert_close(masked_grad, layer.router.grad)
+
+
+def test_smoe_fully_masked_batch_gives_zero_losses():
+    layer = MoEFeedForward(MoEConfig(method="smoe", d_model=8, d_ff=16, num_experts=4))
+    out, aux = layer(torch.randn(2, 3, 8), attention_mask=torch.zeros(2, 3), return_aux=True)
+    assert out.shape == (2, 3, 8)
+    assert float(aux.balance_loss.detach()) == 0.0 and float(aux.z_loss.detach()) == 0.0
+    assert torch.isfinite(aux.importance).all()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_bfloat16_autocast_on_cpu(method):
     layers = stack(method)
@@ -306,6 +363,12 @@ def test_bad_inputs_raise_clear_errors():
         layer(torch.randn(8, 8))
     with pytest.raises(ValueError, match="attention_mask is only used"):
         layer(torch.randn(1, 8, 8), attention_mask=torch.ones(1, 8))
+    dense = MoEFeedForward(MoEConfig(method="dense", d_model=8, d_ff=16))
+    with pytest.raises(ValueError, match=r"attention_mask is only used .* not by 'dense'"):
+        dense(torch.randn(1, 8, 8), attention_mask=torch.ones(1, 8))
+    smoe = MoEFeedForward(MoEConfig(method="smoe", d_model=8, d_ff=16))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch, seq\]"):
+        smoe(torch.randn(2, 5, 8), attention_mask=torch.ones(2, 4))
     later = MoEFeedForward(layer.config, owns_base=False)
     with pytest.raises(ValueError, match="received no state"):
         later(torch.randn(1, 8, 8))

@@ -187,3 +187,24 @@ def test_cuda_forward_never_synchronises_with_the_host(method):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     loss.backward()
+
+
+@pytest.mark.parametrize("bias_balancing", [False, True])
+def test_smoe_with_a_mask_compiles_to_one_graph(bias_balancing):
+    """The masked router losses and the load counts use static shapes (no boolean indexing,
+    no bincount): one graph, equal outputs, losses and counts."""
+    torch.manual_seed(0)
+    layer = MoEFeedForward(
+        method="smoe", d_model=8, d_ff=16, num_experts=4, bias_balancing=bias_balancing
+    )
+    x = torch.randn(3, 5, 8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 2:] = False
+    twin = copy.deepcopy(layer)
+    compiled = torch.compile(twin, backend=BACKEND, fullgraph=True)
+    out_c, aux_c = compiled(x, attention_mask=mask, return_aux=True)
+    out, aux = layer(x, attention_mask=mask, return_aux=True)
+    torch.testing.assert_close(out_c, out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(aux_c.loss, aux.loss, rtol=1e-5, atol=1e-6)
+    if bias_balancing:
+        torch.testing.assert_close(twin.expert_load, layer.expert_load)

@@ -87,7 +87,8 @@ class SequenceMoEIntermediate(nn.Module):
     """Replaces ``BertLayer.intermediate``: the whole FFN (up, activation, down, biases) as one
     :class:`MoEFeedForward`; ``BertOutput.dense`` becomes an identity, so ``BertOutput`` still
     applies its dropout, the residual and the LayerNorm. With ``unit="sequence"`` the layer
-    routes each sequence by the mean of its non-padding tokens (mask from :class:`MaskContext`).
+    routes each sequence by the mean of its non-padding tokens (mask from :class:`MaskContext`);
+    ``smoe`` gets the mask too, so that padding stays out of its router losses and load counts.
     """
 
     def __init__(self, moe: MoEFeedForward, context: MaskContext | None) -> None:
@@ -98,14 +99,15 @@ class SequenceMoEIntermediate(nn.Module):
     def forward(self, hidden_states: Tensor) -> Tensor:
         cfg = self.moe.config
         mask = None
-        if cfg.is_merging and cfg.unit == "sequence" and self._context is not None:
+        routes_by_mask = cfg.method == "smoe" or (cfg.is_merging and cfg.unit == "sequence")
+        if routes_by_mask and self._context is not None:
             mask = self._context.mask
             if mask is not None:
                 if mask.shape != hidden_states.shape[:2]:
                     raise ValueError(
                         f"attention_mask of shape {tuple(mask.shape)} does not match the hidden "
                         f"states {tuple(hidden_states.shape[:2])} (chunked feed-forward is not "
-                        "supported with sequence routing)"
+                        "supported with sequence routing or smoe)"
                     )
                 mask = mask.to(hidden_states.device)
         return self.moe(hidden_states, attention_mask=mask)

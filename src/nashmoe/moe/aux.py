@@ -70,13 +70,15 @@ class MoEAux:
 
 
 def switch_balance_loss(
-    probs: Tensor, assignments: Tensor, num_experts: int
+    probs: Tensor, assignments: Tensor, num_experts: int, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Switch load-balancing loss ``N · Σ f_i P_i``.
 
     Args:
         probs: router probabilities ``[M, N]`` (rows sum to 1).
         assignments: chosen expert indices ``[M, k]``.
+        mask: ``[M]``, true for the routing decisions that count (padding tokens excluded);
+            None counts all of them. f and P are then fractions and means over those only.
 
     Returns:
         ``(loss, load f [N], importance P [N])``.
@@ -84,14 +86,25 @@ def switch_balance_loss(
     flat = assignments.reshape(-1)
     # scatter_add with a static size, not bincount (whose output size depends on the data: a
     # host synchronisation on CUDA and a graph break under torch.compile).
-    counts = probs.new_zeros(num_experts).scatter_add_(0, flat, probs.new_ones(flat.shape))
-    load = counts / max(flat.numel(), 1)
-    importance = probs.sum(dim=0) / max(probs.shape[0], 1)  # 0 (not NaN) for no routing units
+    if mask is None:
+        ones = probs.new_ones(flat.shape)
+        load = probs.new_zeros(num_experts).scatter_add_(0, flat, ones) / max(flat.numel(), 1)
+        importance = probs.sum(dim=0) / max(probs.shape[0], 1)  # 0 (not NaN) for no units
+    else:
+        keep = mask.reshape(-1).to(probs.dtype)
+        per_assignment = keep[:, None].expand(assignments.shape).reshape(-1)
+        counts = probs.new_zeros(num_experts).scatter_add_(0, flat, per_assignment)
+        load = counts / per_assignment.sum().clamp_min(1)
+        importance = (probs * keep[:, None]).sum(dim=0) / keep.sum().clamp_min(1)
     return num_experts * (load * importance).sum(), load, importance
 
 
-def router_z_loss(logits: Tensor) -> Tensor:
-    """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions."""
+def router_z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """ST-MoE router z-loss: mean of ``logsumexp(logits)²`` over routing decisions (those where
+    ``mask [M]`` is true, if given)."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
     z = torch.logsumexp(logits, dim=-1).square()
+    if mask is not None:
+        keep = mask.reshape(-1).to(z.dtype)
+        return (z * keep).sum() / keep.sum().clamp_min(1)
     return z.sum() / max(z.numel(), 1)  # 0 (not NaN) for no routing decisions

@@ -102,7 +102,8 @@ class MoEFeedForward(nn.Module):
 
     Call: ``out = layer(x)`` with ``x [B, S, d]``; ``out, aux = layer(x, return_aux=True)``.
     Keyword arguments: ``state`` (the :class:`PropagationState` from the previous MoE layer),
-    ``attention_mask [B, S]`` (``unit="sequence"``), ``cache`` and ``start_pos`` (incremental
+    ``attention_mask [B, S]`` (``unit="sequence"``: routing by the non-padding tokens; ``smoe``:
+    padding left out of the router losses and load counts), ``cache`` and ``start_pos`` (incremental
     decoding). Every forward also overwrites :attr:`last_aux` (except a recomputation by
     activation checkpointing, which reproduces it).
     """
@@ -279,8 +280,18 @@ class MoEFeedForward(nn.Module):
             raise ValueError(
                 f"expected input [batch, seq, d_model={cfg.d_model}], got {tuple(x.shape)}"
             )
-        if attention_mask is not None and not (cfg.is_merging and cfg.unit == "sequence"):
-            raise ValueError("attention_mask is only used with unit='sequence'")
+        if attention_mask is not None:
+            if not (cfg.method == "smoe" or (cfg.is_merging and cfg.unit == "sequence")):
+                raise ValueError(
+                    "attention_mask is only used with unit='sequence' (merging methods) or by "
+                    f"smoe, not by {cfg.method!r}"
+                    + ("" if cfg.method == "dense" else f" with unit={cfg.unit!r}")
+                )
+            if attention_mask.shape != x.shape[:2]:
+                raise ValueError(
+                    f"attention_mask must have shape [batch, seq] = {tuple(x.shape[:2])}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
         chain = self._chain
         recompute = _in_backward()  # activation checkpointing re-running this forward
         if chain is not None:
@@ -293,7 +304,7 @@ class MoEFeedForward(nn.Module):
             zero = x.new_zeros((), dtype=torch.float32)
             aux = MoEAux(loss=zero, balance_loss=zero, z_loss=zero, state=state)
         elif cfg.method == "smoe":
-            out, aux = self._forward_topk(x)
+            out, aux = self._forward_topk(x, attention_mask)
             aux.state = state
         else:
             part = self._parameter_part(state, reuse_solve=recompute)
@@ -321,19 +332,26 @@ class MoEFeedForward(nn.Module):
             logits = logits + self.config.router_noise * torch.randn_like(logits)
         return logits
 
-    def _losses(self, logits: Tensor, probs: Tensor, assignments: Tensor) -> MoEAux:
+    def _losses(
+        self, logits: Tensor, probs: Tensor, assignments: Tensor, mask: Tensor | None = None
+    ) -> MoEAux:
         cfg = self.config
         balance, load, importance = switch_balance_loss(
-            _at_least_float32(probs), assignments, cfg.num_experts
+            _at_least_float32(probs), assignments, cfg.num_experts, mask
         )
         if cfg.balance_loss_scale == "transformers":  # HF's load_balancing_loss_func: k × ours
             balance = cfg.balance_k * balance
-        z = router_z_loss(logits)
+        z = router_z_loss(logits, mask)
         loss = cfg.balance_coef * balance + cfg.z_loss_coef * z
         return MoEAux(loss=loss, balance_loss=balance, z_loss=z, load=load, importance=importance)
 
-    def _forward_topk(self, x: Tensor) -> tuple[Tensor, MoEAux]:
+    def _forward_topk(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, MoEAux]:
+        """Top-k dispatch of every token. With ``mask [B, S]`` (false = padding) the padding
+        tokens still pass through the experts (their outputs are whatever the experts give, to
+        be ignored by the caller, as attention ignores them), but they are left out of the
+        balance loss, the z-loss and the ``expert_load`` counts."""
         b, s, d = x.shape
+        keep = None if mask is None else mask.reshape(b * s).to(torch.bool)
         tokens = x.reshape(b * s, d)
         logits = self._logits(tokens)
         cfg = self.config
@@ -349,12 +367,14 @@ class MoEFeedForward(nn.Module):
         )
         if self.training and hasattr(self, "expert_load") and not _in_backward():
             with torch.no_grad():  # (a checkpointed recomputation does not count twice)
-                self.expert_load += torch.bincount(
-                    top_idx.reshape(-1), minlength=cfg.num_experts
-                ).to(self.expert_load.dtype)
+                counted = torch.ones_like(top_idx, dtype=self.expert_load.dtype)
+                if keep is not None:
+                    counted = counted * keep[:, None]
+                # a static-size scatter (no bincount: data-dependent size under torch.compile)
+                self.expert_load.scatter_add_(0, top_idx.reshape(-1), counted.reshape(-1))
         out = topk_ffn(tokens, self.expert_tensors(), top_idx, top_w.to(x.dtype), self.act)
         probs = scores if cfg.score_func == "softmax" else scores / scores.sum(-1, keepdim=True)
-        return out.view(b, s, d), self._losses(logits, probs, top_idx)
+        return out.view(b, s, d), self._losses(logits, probs, top_idx, keep)
 
     def _unit_scores(self, x: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Router logits and scores of every routing unit: ``[B, nseg, N]`` for segments,
