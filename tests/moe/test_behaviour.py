@@ -128,6 +128,35 @@ def test_complex_momentum_with_r_zero_equals_plain_namex():
     torch.testing.assert_close(run(mom, x)[0], run(plain, x)[0], atol=1e-6, rtol=1e-6)
 
 
+def test_opposite_momentum_angles_give_identical_models():
+    """The step uses Re μ and the inputs ΔE are real, so φ and −φ give conjugate μ: the same
+    bases, outputs and gradients bit for bit (only Im μ flips sign). A grid over ±φ (the paper's)
+    measures each angle twice."""
+    x = torch.randn(2, 12, 8)
+    results = []
+    for angle in (0.5, -0.5):
+        layers = stack("namex-full-mom", n_layers=4, momentum=0.7, momentum_angle=angle)
+        out, auxes = run(layers, x)
+        out.square().sum().backward()
+        grads = [
+            p.grad.clone() for layer in layers for p in layer.parameters() if p.grad is not None
+        ]
+        results.append((out, auxes, grads))
+    (out_a, aux_a, grad_a), (out_b, aux_b, grad_b) = results
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grad_a, grad_b)) and grad_a
+    for a, b in zip(aux_a, aux_b):
+        if a.state is None:
+            continue
+        for name in a.state.momentum_re:
+            assert torch.equal(a.state.momentum_re[name], b.state.momentum_re[name])
+            assert torch.equal(a.state.momentum_im[name], -b.state.momentum_im[name])
+    assert any(
+        a.state is not None and any(bool(t.abs().max() > 0) for t in a.state.momentum_im.values())
+        for a in aux_a
+    )  # the imaginary part is not trivially zero
+
+
 def test_zero_angle_is_real_heavy_ball_momentum():
     """φ = 0: μ' = r μ + ΔE with μ real (the imaginary part stays 0)."""
     layers = stack("namex-full-mom", n_layers=4, momentum=0.6, momentum_angle=0.0)
