@@ -37,7 +37,9 @@ The groups (:data:`GROUPS`; reference first):
    preset, or the medium preset); a setting whose Δl (its own or a ``--set nash_every``)
    equals Δl = L is noted in the log, ``results.json`` (``notes``) and ``results.md``.
 4. ``momentum``: ``namex-full-mom`` with φ ∈ {0, ±π/12, ±π/6} and r ∈ {0.3, 0.8}, against
-   ``namex-full`` (no momentum, the reference).
+   ``namex-full`` (no momentum, the reference). φ and −φ train bit-identical models (only
+   Re μ enters the step; docs/design.md), so the −φ settings only confirm the +φ ones; a
+   custom ``--setting`` list can leave them out.
 5. ``bargain-on``: bargaining on τ_i (the paper, the reference) against curved τ_i, with
    ``curvature_rank=1`` (with the default rank 0 the two coincide).
 6. ``merge-weights``: the merge line weighted by the router scores (the paper, reference), by
