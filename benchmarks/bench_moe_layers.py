@@ -12,11 +12,16 @@ dominates the peak.
     python benchmarks/bench_moe_layers.py                # CPU shapes -> runs/bench/*.json
     python benchmarks/bench_moe_layers.py --quick        # a smoke run
     python benchmarks/bench_moe_layers.py --device cuda  # d=768/f=3072, d=1024/f=4096, bf16
+
+A method name with the suffix ``@units`` (``camex@units``) runs that method with the merge
+chunked over units (``merge_and_apply(tile_hidden=False)``) instead of the default tiling over
+the hidden dimension, for a side-by-side comparison in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +48,21 @@ def build(method: str, d: int, f: int, n: int, t: int, layers: int, device, dtyp
         device=device, dtype=dtype
     )
     return stack
+
+
+@contextlib.contextmanager
+def merge_path(method: str):
+    """``@units`` methods: the unit-chunked merge (``tile_hidden=False``) for the duration."""
+    from nashmoe.moe import fused
+
+    defaults = fused.merge_and_apply.__kwdefaults__
+    previous = defaults["tile_hidden"]
+    if method.endswith("@units"):
+        defaults["tile_hidden"] = False
+    try:
+        yield
+    finally:
+        defaults["tile_hidden"] = previous
 
 
 def step(stack, x):
@@ -85,11 +105,17 @@ def predicted_s(machine: Machine | None, method, d, f, n, t, tokens, layers, byt
     if machine is None:
         return None
     from nashmoe.moe import fused
+    from nashmoe.moe import tiled as tiled_module
 
     kw = dict(d=d, f=f, n=n, tokens=tokens, bytes_per=bytes_per)
+    units = method.endswith("@units")
+    method = method.split("@")[0]
     if method not in ("dense", "smoe"):
-        kw.update(t=t, chunk_bytes=fused._MAX_CHUNK_BYTES)
-        kw["keep_merged"] = getattr(fused, "_KEEP_MERGED", False)
+        keep = getattr(fused, "_KEEP_MERGED", False)
+        # merge_and_apply's default path in float32
+        tiled = not keep and bytes_per >= 4 and not units
+        kw.update(t=t, keep_merged=keep, tiled=tiled)
+        kw["chunk_bytes"] = tiled_module.TILE_BYTES if tiled else fused._MAX_CHUNK_BYTES
     flops, nbytes = layer_cost("camex" if method not in ("dense", "smoe") else method, **kw)
     return layers * (flops / machine.flops + nbytes / machine.bandwidth)
 
@@ -104,7 +130,7 @@ def bench_shape(
     batch = max(1, tokens // 1024) if t <= 1024 else 1
     seq = tokens // batch
     x = torch.randn(batch, seq, d, device=device, dtype=dtype, requires_grad=False)
-    stacks = {m: build(m, d, f, n, t, layers, device, dtype) for m in methods}
+    stacks = {m: build(m.split("@")[0], d, f, n, t, layers, device, dtype) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     other: dict[str, list[float]] = {m: [] for m in methods}  # the other clock
     timer, other_timer = time.perf_counter, time.process_time
@@ -117,26 +143,29 @@ def bench_shape(
     )
     with ctx:
         for m in methods:  # warm-up
-            step(stacks[m], x)
+            with merge_path(m):
+                step(stacks[m], x)
             stacks[m].zero_grad(set_to_none=True)
         for _ in range(repeats):
             for m in methods:
                 sync(device)
-                start, start_other = timer(), other_timer()
-                step(stacks[m], x)
-                sync(device)
+                with merge_path(m):
+                    start, start_other = timer(), other_timer()
+                    step(stacks[m], x)
+                    sync(device)
                 times[m].append(timer() - start)
                 other[m].append(other_timer() - start_other)
                 stacks[m].zero_grad(set_to_none=True)
         rows = []
         for m in methods:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                step(stacks[m], x)
-                memory = torch.cuda.max_memory_allocated()
-                stacks[m].zero_grad(set_to_none=True)
-            else:
-                memory = saved_bytes(stacks[m], x)
+            with merge_path(m):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    step(stacks[m], x)
+                    memory = torch.cuda.max_memory_allocated()
+                    stacks[m].zero_grad(set_to_none=True)
+                else:
+                    memory = saved_bytes(stacks[m], x)
             # ratios paired within a round (same load), then their median and range
             paired = [a / b for a, b in zip(times[m], times["dense"])]
             paired_camex = (

@@ -11,6 +11,9 @@ Per layer with M tokens, d model width, f hidden width, N experts, segments (uni
   + per chunk five passes over the N·P merge vectors (read ×3, gradient read + write) + the
   per-unit merged weights and their gradients (write/read about 7·U·P).
   Keeping the merged weights for backward removes 2·U·N·P FLOPs and one N·P pass per chunk.
+- merged, tiled over f (``tiled=True``, the CPU default: :mod:`nashmoe.moe.tiled`): the same
+  FLOPs; the N·P vectors are read once per chunk of units (one chunk unless there are very many
+  units), and y and dx are read and written once more per extra f-tile (accumulation).
 - merged with merge_top_k = k: the merge gathers k vectors per unit: 2·U·k·P FLOPs per merge,
   U·k·P reads instead of N·P per chunk.
 - smoe top-k: 6·k·M·P FLOPs; bytes: the activations k times, the N·P expert weights three times,
@@ -80,6 +83,7 @@ def layer_cost(
     bytes_per: int = 4,
     chunk_bytes: int = 16 * 2**20,
     keep_merged: bool = False,
+    tiled: bool = False,
 ) -> tuple[float, float]:
     """(matrix-product FLOPs, bytes moved) of one layer, forward + backward."""
     p = 2 * d * f
@@ -98,6 +102,13 @@ def layer_cost(
     u = max(1, -(-m // t))
     chunk = max(1, min(u, chunk_bytes // (p * s)))
     chunks = -(-u // chunk)
+    accumulate = 0.0
+    if tiled and merge_top_k is None and not keep_merged:
+        from nashmoe.moe.tiled import plan_tiles
+
+        chunk, rows = plan_tiles(u, f, 2 * d * s, chunk_bytes)
+        chunks, tiles = -(-u // chunk), -(-f // rows)
+        accumulate = 4.0 * (tiles - 1) * m * d * s  # y (forward), dx (backward): read + write
     merges = 1 if keep_merged else 2
     if merge_top_k is None:
         flops = dense_flops + (2 * merges + 4) * u * n * p
@@ -106,7 +117,7 @@ def layer_cost(
         k = merge_top_k
         flops = dense_flops + 2 * merges * u * k * p + 4 * u * k * p
         vec_bytes = (merges + 3) * u * k * p * s
-    nbytes = dense_bytes + vec_bytes + 7 * u * p * s + 2.0 * n * p * s  # + τ = E − B
+    nbytes = dense_bytes + vec_bytes + 7 * u * p * s + 2.0 * n * p * s + accumulate  # + τ
     return flops, nbytes
 
 

@@ -115,6 +115,8 @@ def test_ep_camex_nash_step_norm_matches_namex():
         float(nash.bargaining["step_rel_norm"]), rel=1e-10
     )
     assert "alpha_spread" not in ep.bargaining
+    # EP-CAMEx merges the raw experts (no τ_i in its step): τ_i are formed for the diagnostics
+    assert float(ep.bargaining["tau_cosine"]) == pytest.approx(0.0, abs=1e-12)
     torch.testing.assert_close(
         ep_nash.state.base["w_in"], nash.state.base["w_in"], atol=1e-10, rtol=0
     )

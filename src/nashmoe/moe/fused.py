@@ -27,6 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nashmoe.moe._activation import act as _act
+from nashmoe.moe._activation import act_backward as _act_backward
+from nashmoe.moe._activation import act_into as _act_into
+from nashmoe.moe.tiled import tiled_merge_and_apply
+
 __all__ = ["merge_and_apply"]
 
 _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights stay in cache
@@ -39,41 +44,6 @@ _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights 
 _KEEP_MERGED_BYTES = {"cpu": 0}
 _KEEP_MERGED_BYTES_DEFAULT = 2 * 2**30
 _KEEP_MERGED = False  # on the CPU; read by benchmarks/bench_moe_layers.py for the cost model
-
-
-def _act(name: str, x: Tensor) -> Tensor:
-    if name == "gelu":
-        return F.gelu(x)
-    if name == "gelu_tanh":
-        return F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu(x)
-    if name == "silu":
-        return F.silu(x)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
-    if name == "gelu":
-        return torch.ops.aten.gelu_backward(grad, x)
-    if name == "gelu_tanh":
-        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
-    if name == "relu":
-        return grad * (x > 0).to(grad.dtype)
-    if name == "silu":
-        return torch.ops.aten.silu_backward(grad, x)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
-    """``out = act(x)`` without a temporary."""
-    if name == "gelu":
-        return torch.ops.aten.gelu.out(x, out=out)
-    if name == "gelu_tanh":
-        return torch.ops.aten.gelu.out(x, approximate="tanh", out=out)
-    if name == "silu":
-        return torch.ops.aten.silu.out(x, out=out)
-    return torch.clamp_min(x, 0, out=out)  # relu
 
 
 def _merged(name_shapes, c, base, vectors, idx=None, beta=None, out=None):
@@ -344,6 +314,7 @@ def merge_and_apply(
     keep_merged_bytes: int | None = None,
     index: Tensor | None = None,
     base_coeff: Tensor | None = None,
+    tile_hidden: bool | None = None,
 ) -> Tensor:
     """Apply the merged expert ``B + Σ_i coeff[u, i] V_i`` of every unit to its tokens.
 
@@ -363,18 +334,25 @@ def merge_and_apply(
         index: ``[U, k]`` (sparse merge, ``merge_top_k``): unit u merges only the vectors
             ``index[u]`` with coefficients ``coeff[u]``; they are gathered per unit, so the merge
             costs U·k·P instead of U·N·P, and only the selected vectors receive gradients.
-        base_coeff: ``[U]`` (with ``index`` only): the base is scaled per unit,
-            ``base_coeff[u] B + Σ_j coeff[u, j] V[index[u, j]]``. With ``V = E`` (the raw
-            experts) and ``base_coeff = 1 − Σ_j coeff[u, j]`` this is ``B + Σ_j coeff (E − B)``
-            without forming the N domain vectors ``E_i − B``.
+        base_coeff: ``[U]``: the base is scaled per unit,
+            ``base_coeff[u] B + Σ_j coeff[u, j] V[index[u, j]]`` (dense merges:
+            ``+ Σ_i coeff[u, i] V_i``). With ``V = E`` (the raw experts) and
+            ``base_coeff = 1 − Σ_j coeff[u, j]`` this is ``B + Σ_j coeff (E − B)`` without
+            forming the N domain vectors ``E_i − B``.
+        tile_hidden: tile over the hidden dimension f instead of over units
+            (:mod:`nashmoe.moe.tiled`: one pass over the merge vectors per product for all
+            units; ``max_chunk_bytes`` then bounds one tile, default ``tiled.TILE_BYTES``).
+            None (default): wherever it applies, i.e. dense merges (no ``index``) computed in
+            float32/float64 whose merged weights are not kept. True where it does not apply
+            is an error.
 
     Returns:
         ``[U, T, d]``. Under autocast the computation runs in the autocast dtype; the base,
         vectors and coefficients keep their own dtype and their gradients, summed over chunks of
         units, accumulate in float32 at least.
     """
-    if base_coeff is not None and (index is None or base is None):
-        raise ValueError("base_coeff needs index (a sparse merge) and a base")
+    if base_coeff is not None and base is None:
+        raise ValueError("base_coeff scales the base: it needs a base")
     names = list(vectors)
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -382,14 +360,44 @@ def merge_and_apply(
     else:
         dtype = x.dtype
     name_shapes = tuple((n, tuple(vectors[n].shape[1:])) for n in names)
-    if max_chunk_bytes is None:
-        max_chunk_bytes = _MAX_CHUNK_BYTES
     per_unit = (
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
     if keep_merged_bytes is None:
         keep_merged_bytes = _KEEP_MERGED_BYTES.get(device, _KEEP_MERGED_BYTES_DEFAULT)
     keep = per_unit * x.shape[0] <= keep_merged_bytes
+    tileable = index is None and not keep and dtype in (torch.float32, torch.float64)
+    if tile_hidden and not tileable:
+        raise ValueError(
+            "tile_hidden=True needs a dense merge (no index) in float32/float64 whose merged "
+            f"weights are not kept (keep_merged_bytes); got index={index is not None}, "
+            f"dtype={dtype}, kept={keep}"
+        )
+    if tileable and tile_hidden is not False:
+        with torch.autocast(device, enabled=False):
+            return tiled_merge_and_apply(
+                x.to(dtype),
+                coeff,
+                base,
+                vectors,
+                activation=activation,
+                max_chunk_bytes=max_chunk_bytes,
+                base_coeff=base_coeff,
+            )
+    if base_coeff is not None and index is None:
+        # beta B + c V = B + [c | beta − 1] [V; B]: N + 1 vectors and the unscaled base
+        return merge_and_apply(
+            x,
+            torch.cat([coeff, (base_coeff - 1).to(coeff.dtype)[:, None]], dim=1),
+            base,
+            {n: torch.cat([v, base[n][None].to(v.dtype)]) for n, v in vectors.items()},
+            activation=activation,
+            max_chunk_bytes=max_chunk_bytes,
+            keep_merged_bytes=keep_merged_bytes,
+            tile_hidden=False,
+        )
+    if max_chunk_bytes is None:
+        max_chunk_bytes = _MAX_CHUNK_BYTES
     if keep and device != "cpu":  # memory allows: one merge product for all units
         max_chunk_bytes = max(max_chunk_bytes, keep_merged_bytes)
     chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))

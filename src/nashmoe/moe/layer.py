@@ -56,8 +56,10 @@ class _ParameterPart:
     status: Tensor | None = None
     solved: bool = False
     bargaining: dict[str, Tensor] | None = None  # diagnostics (bargain_stats), detached
-    # merge_top_k with identity curvature and no mask: ``vectors`` are the raw experts E_i and
-    # the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ)
+    # identity curvature and no mask, where nothing else needs the N domain vectors (CAMEx,
+    # EP-CAMEx, a chain's last layer) or with merge_top_k: ``vectors`` are the raw experts E_i
+    # and the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ,
+    # no pass over them forward and backward)
     raw: bool = False
 
 
@@ -418,6 +420,9 @@ class MoEFeedForward(nn.Module):
                     w = w + (1 - coeff.sum(dim=-1, keepdim=True)) * b if part.raw else w + b
             elif part.base is None:
                 w = coeff @ flat
+            elif part.raw:
+                b = part.base[name].reshape(1, -1).to(coeff.dtype)
+                w = torch.addmm((1 - coeff.sum(dim=-1, keepdim=True)) * b, coeff, flat)
             else:
                 w = torch.addmm(part.base[name].reshape(1, -1).to(coeff.dtype), coeff, flat)
             out[name] = w.view(coeff.shape[0], *v.shape[1:])
@@ -477,15 +482,21 @@ class MoEFeedForward(nn.Module):
                 else {k: v.to(compute_dtype) for k, v in part.base.items()}
             )
             out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
-        elif cfg.unit == "segment":
-            units = split_segments(x, cfg.segment_len)
-            nseg = units.shape[1]
-            units = units.reshape(b * nseg, cfg.segment_len, d)
-            out = merge_and_apply(
-                units, coeff, part.base, part.vectors, activation=cfg.activation
-            ).view(b, nseg * cfg.segment_len, -1)[:, :s]
         else:
-            out = merge_and_apply(x, coeff, part.base, part.vectors, activation=cfg.activation)
+            base_coeff = 1 - coeff.sum(dim=-1) if part.raw else None
+            units = x
+            if cfg.unit == "segment":
+                units = split_segments(x, cfg.segment_len)
+                units = units.reshape(-1, cfg.segment_len, d)
+            out = merge_and_apply(
+                units,
+                coeff,
+                part.base,
+                part.vectors,
+                activation=cfg.activation,
+                base_coeff=base_coeff,
+            )
+            out = out.reshape(b, -1, d)[:, :s]
         assignments = flat_scores.argmax(dim=-1, keepdim=True) if index is None else index
         aux = self._losses(logits, flat_scores, assignments)
         self._fill_aux(aux, part)
@@ -589,10 +600,16 @@ class MoEFeedForward(nn.Module):
             base, layer_index = incoming.base, incoming.layer
         else:
             base, layer_index = self.base_tensors(), 0
-        raw = cfg.merge_top_k is not None and cfg.curvature_rank == 0 and cfg.merge_mask == "none"
+        # raw experts in the merge (see _ParameterPart.raw); token units mix per token
+        # (mixed_ffn), which takes domain vectors
+        plain = cfg.curvature_rank == 0 and cfg.merge_mask == "none"
+        raw = plain and cfg.merge_top_k is not None
         # the merge line needs this layer's α (merge_weights): the last layer still gets it
         skip = self.last_in_chain and cfg.merge_weights in (None, "router")
-        if raw and (cfg.method in ("camex", "ep-camex") or skip):
+        raw_only = (raw or (plain and cfg.unit != "token")) and (
+            cfg.method in ("camex", "ep-camex") or skip
+        )
+        if raw_only:
             # the merge uses the raw experts and nothing else needs the N domain vectors
             part = _ParameterPart(base=base, vectors=experts, next_state=incoming, raw=True)
             if cfg.propagates and self.last_in_chain:  # nothing uses the next base
@@ -604,9 +621,10 @@ class MoEFeedForward(nn.Module):
                 part.next_state = PropagationState(
                     base=_axpy(base, cfg.gamma, step), layer=layer_index + 1
                 )
-                # no τ_i here (raw path): the step length only
-                if self.bargaining_stats:
-                    part.bargaining = propagation_stats(None, None, None, step, base, cfg.gamma)
+                if self.bargaining_stats:  # τ_i formed for the diagnostics only
+                    with torch.no_grad():
+                        tau = {name: e - base[name] for name, e in experts.items()}
+                    part.bargaining = propagation_stats(tau, None, None, step, base, cfg.gamma)
             return part
         tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":

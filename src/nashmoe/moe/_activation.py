@@ -1,0 +1,45 @@
+"""Activations by name, their backward and an in-place variant, for the hand-written
+backward passes of :mod:`nashmoe.moe.fused` and :mod:`nashmoe.moe.tiled`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["act", "act_backward", "act_into"]
+
+
+def act(name: str, x: Tensor) -> Tensor:
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu(x)
+    if name == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
+    if name == "gelu":
+        return torch.ops.aten.gelu_backward(grad, x)
+    if name == "gelu_tanh":
+        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+    if name == "relu":
+        return grad * (x > 0).to(grad.dtype)
+    if name == "silu":
+        return torch.ops.aten.silu_backward(grad, x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
+    """``out = act(x)`` without a temporary."""
+    if name == "gelu":
+        return torch.ops.aten.gelu.out(x, out=out)
+    if name == "gelu_tanh":
+        return torch.ops.aten.gelu.out(x, approximate="tanh", out=out)
+    if name == "silu":
+        return torch.ops.aten.silu.out(x, out=out)
+    return torch.clamp_min(x, 0, out=out)  # relu

@@ -1,0 +1,277 @@
+"""Merge-and-apply tiled over the hidden dimension: one pass over the merge vectors per layer.
+
+:func:`nashmoe.moe.fused.merge_and_apply` chunks over routing units: each chunk merges its units'
+whole experts, ``[u, N] × [N, P]``, and so reads all N·P merge vectors again, in each of the four
+merge products (merge, backward rebuild, ``cᵀ dW``, ``dW Vᵀ``). With U units that is U/u reads of
+the vectors per product; at short segments (many units) these memory-bound products cost as much
+as the expert matmuls themselves.
+
+Here the hidden dimension f is tiled instead. For rows ``f0:f1`` the tile of every unit's merged
+expert, ``W_in[f0:f1]``, ``W_gate[f0:f1]``, ``W_out[:, f0:f1]`` and ``b_in[f0:f1]``, is built for
+all units with one product (the vectors' tile is read once) and applied at once:
+``pre[..., f0:f1] = x W_in[f0:f1]ᵀ`` is complete for its columns, and ``y`` accumulates
+``h[..., f0:f1] W_out[:, f0:f1]ᵀ`` over the tiles. The backward pass walks the same tiles:
+``dh`` of a tile needs only its ``W_out`` columns, ``dx`` accumulates over tiles, and the weight
+gradients of a tile are finished within it. A tile holds at most ``max_chunk_bytes`` of merged
+weights (at least 64 rows of f, or all of f when smaller), so it stays in cache between its
+product and its use; units are chunked as well only when even 64 rows of all units do not fit
+twice that budget. ``W_out`` is tiled along its columns: each tile's columns of ``[V; B]`` are
+copied contiguous (rows of r numbers) before its product; transposing ``w_out`` once per call
+instead measured 20–30× slower than a plain copy of the same size.
+
+Activations are stored tile by tile in one flat buffer per kind (pre-activation, gate, hidden),
+so nothing is concatenated. Used by ``merge_and_apply`` for dense merges (no ``index``) in float32
+or float64 when the merged weights are not kept (the CPU default); the unit-chunked function
+remains for sparse merges, low-precision compute and kept weights. Tested against plain autograd
+and the unit-chunked function (``tests/moe/test_mechanics.py``). NAMEx paper (ICLR 2026) and
+CAMEx (ICLR 2025) define the merge; the tiling is ours.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nashmoe.moe._activation import act, act_backward, act_into
+
+__all__ = ["MIN_TILE_ROWS", "TILE_BYTES", "plan_tiles", "tiled_merge_and_apply"]
+
+TILE_BYTES = 4 * 2**20  # merged weights per tile (all units × f-rows); see docs/results.md
+MIN_TILE_ROWS = 64  # narrower tiles make the y/dx accumulation products inefficient
+
+
+def plan_tiles(units: int, hidden: int, row_bytes: int, budget: int) -> tuple[int, int]:
+    """``(unit_chunk, rows)``: units per chunk and f-rows per tile for merged weights of
+    ``row_bytes`` per unit and f-row, within ``budget`` bytes per tile (up to twice that when
+    the budget is below ``MIN_TILE_ROWS`` rows of all units)."""
+    row_bytes = max(row_bytes, 1)
+    floor = min(hidden, MIN_TILE_ROWS)
+    if units * floor * row_bytes <= 2 * budget:
+        chunk = units
+    else:
+        chunk = max(1, (2 * budget) // (floor * row_bytes))
+    rows = min(hidden, max(1, budget // (chunk * row_bytes)))
+    if chunk * floor * row_bytes <= 2 * budget:
+        rows = max(rows, floor)
+    return chunk, rows
+
+
+def _tiles(units: int, hidden: int, chunk: int, rows: int, length: int):
+    """(unit start, unit stop, row start, row stop, offset of the block in a flat activation
+    buffer) in storage order."""
+    offset = 0
+    for s in range(0, units, chunk):
+        e = min(units, s + chunk)
+        for f0 in range(0, hidden, rows):
+            f1 = min(hidden, f0 + rows)
+            yield s, e, f0, f1, offset
+            offset += (e - s) * length * (f1 - f0)
+
+
+def _stack(vectors: Tensor, base: Tensor | None) -> Tensor:
+    """``[V; B]`` (one copy; none without a base)."""
+    if base is None:
+        return vectors
+    return torch.cat([vectors, base[None]])
+
+
+def _out_tile(vectors: Tensor, base: Tensor | None, f0: int, f1: int, buf: Tensor) -> Tensor:
+    """The columns ``f0:f1`` of ``[V; B]`` for ``w_out [.., d, f]``, copied contiguous into
+    ``buf`` as ``[K, d·r]`` (rows of r numbers: a fast copy, unlike transposing ``w_out``)."""
+    n, d = vectors.shape[0], vectors.shape[1]
+    k = n + (base is not None)
+    tile = buf[: k * d * (f1 - f0)].view(k, d, f1 - f0)
+    tile[:n].copy_(vectors[:, :, f0:f1])
+    if base is not None:
+        tile[n].copy_(base[:, f0:f1])
+    return tile.view(k, -1)
+
+
+def _extended(c: Tensor, beta: Tensor | None, has_base: bool) -> Tensor:
+    """``[c | 1]`` (``B + c V = [c | 1] [V; B]``), ``[c | beta]`` (``beta B + c V``) or c."""
+    if not has_base:
+        return c
+    last = c.new_ones(c.shape[0], 1) if beta is None else beta.to(c.dtype)[:, None]
+    return torch.cat([c, last], dim=1)
+
+
+class _TiledMergeAndApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coeff, beta, activation, names, chunk, rows, *operands):  # type: ignore[override]
+        count = len(names)
+        dtype = x.dtype
+        base_in, vectors_in = operands[:count], operands[count:]
+        has_base = base_in[0] is not None
+        base = {n: None if b is None else b.to(dtype) for n, b in zip(names, base_in)}
+        vectors = {n: v.to(dtype) for n, v in zip(names, vectors_in)}
+        ops = {n: _stack(vectors[n], base[n]) for n in names if n != "w_out"}
+        c = _extended(coeff.to(dtype), beta, has_base)
+        units, length, d = x.shape
+        hidden = ops["w_in"].shape[1]
+        glu = "w_gate" in ops
+        k = c.shape[1]
+        pre = x.new_empty(units * length * hidden)
+        gate = x.new_empty(units * length * hidden) if glu else None
+        h = x.new_empty(units * length * hidden)
+        y = x.new_empty(units, length, d)
+        buf = x.new_empty(k * d * min(rows, hidden))
+        for s, e, f0, f1, off in _tiles(units, hidden, chunk, rows, length):
+            u, r = e - s, f1 - f0
+            cs, xs, ys = c[s:e], x[s:e], y[s:e]
+            n_act = u * length * r
+            pre_b = pre[off : off + n_act].view(u, length, r)
+            h_b = h[off : off + n_act].view(u, length, r)
+            w_in = (cs @ ops["w_in"][:, f0:f1].reshape(k, -1)).view(u, r, d)
+            torch.bmm(xs, w_in.transpose(1, 2), out=pre_b)
+            if "b_in" in ops:
+                pre_b.add_((cs @ ops["b_in"][:, f0:f1])[:, None])
+            if glu:
+                w_gate = (cs @ ops["w_gate"][:, f0:f1].reshape(k, -1)).view(u, r, d)
+                gate_b = gate[off : off + n_act].view(u, length, r)
+                torch.bmm(xs, w_gate.transpose(1, 2), out=gate_b)
+                torch.mul(act(activation, gate_b), pre_b, out=h_b)
+            else:
+                act_into(activation, pre_b, h_b)
+            out_tile = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
+            w_out = (cs @ out_tile).view(u, d, r)
+            if f0 == 0:
+                torch.bmm(h_b, w_out.transpose(1, 2), out=ys)
+            else:
+                ys.baddbmm_(h_b, w_out.transpose(1, 2))
+        if "b_out" in ops:
+            y.add_((c @ ops["b_out"])[:, None])
+        ctx.activation, ctx.names, ctx.chunk, ctx.rows = activation, names, chunk, rows
+        ctx.has_base, ctx.has_beta = has_base, beta is not None
+        saved = [x, coeff, beta if beta is not None else pre, pre, gate if glu else pre, h]
+        saved += [b if b is not None else pre for b in base_in]
+        saved += list(vectors_in)
+        ctx.save_for_backward(*saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        names, count = ctx.names, len(ctx.names)
+        saved = ctx.saved_tensors
+        x, coeff_in, beta_in, pre, gate, h = saved[:6]
+        beta_in = beta_in if ctx.has_beta else None
+        base_in = saved[6 : 6 + count] if ctx.has_base else [None] * count
+        vectors_in = saved[6 + count : 6 + 2 * count]
+        dtype = x.dtype
+        base = {n: None if b is None else b.to(dtype) for n, b in zip(names, base_in)}
+        vectors = {n: v.to(dtype) for n, v in zip(names, vectors_in)}
+        ops = {n: _stack(vectors[n], base[n]) for n in names if n != "w_out"}
+        n_vec = vectors_in[0].shape[0]
+        c = _extended(coeff_in.to(dtype), beta_in, ctx.has_base)
+        units, length, d = x.shape
+        hidden = ops["w_in"].shape[1]
+        glu = "w_gate" in ops
+        k = c.shape[1]
+        activation = ctx.activation
+        grad_y = grad_y.to(dtype).contiguous()
+        need_x, need_coeff = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_beta = ctx.has_beta and ctx.needs_input_grad[2]
+        grad_x = torch.empty_like(x) if need_x else None
+        # [K', U] (K' = N, or N + 1 for beta's row): products V gᵀ
+        n_c = n_vec + need_beta
+        grad_c_t = x.new_zeros(n_c, units) if need_coeff or need_beta else None
+        grad_ops = {n: torch.zeros_like(t) for n, t in ops.items()}
+        grad_out = x.new_zeros(k, d, hidden)  # w_out's [V; B] gradient, its own layout
+        buf = x.new_empty(k * d * min(ctx.rows, hidden))
+        for s, e, f0, f1, off in _tiles(units, hidden, ctx.chunk, ctx.rows, length):
+            u, r = e - s, f1 - f0
+            cs, xs, dy = c[s:e], x[s:e], grad_y[s:e]
+            n_act = u * length * r
+            pre_b = pre[off : off + n_act].view(u, length, r)
+            h_b = h[off : off + n_act].view(u, length, r)
+            tile = {n: t[:, f0:f1].reshape(k, -1) for n, t in ops.items() if n != "b_out"}
+            tile["w_out"] = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
+            w_in = (cs @ tile["w_in"]).view(u, r, d)
+            w_out = (cs @ tile["w_out"]).view(u, d, r)
+            grads = {"w_out": torch.bmm(dy.transpose(1, 2), h_b)}  # [u, d, r]
+            dh = torch.bmm(dy, w_out)
+            if glu:
+                gate_b = gate[off : off + n_act].view(u, length, r)
+                w_gate = (cs @ tile["w_gate"]).view(u, r, d)
+                dpre = dh * act(activation, gate_b)
+                dgate = act_backward(activation, dh * pre_b, gate_b)
+                grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
+            else:
+                dpre = act_backward(activation, dh, pre_b)
+            grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
+            if "b_in" in ops:
+                grads["b_in"] = dpre.sum(dim=1)
+            if need_x:
+                dx = grad_x[s:e]
+                if f0 == 0:
+                    torch.bmm(dpre, w_in, out=dx)
+                else:
+                    dx.baddbmm_(dpre, w_in)
+                if glu:
+                    dx.baddbmm_(dgate, w_gate)
+            for n, g in grads.items():
+                g = g.reshape(u, -1)
+                if grad_c_t is not None:  # V gᵀ: measured faster than g Vᵀ for these shapes
+                    grad_c_t[:, s:e].addmm_(tile[n][:n_c], g.T)
+                if n == "w_out":  # columns f0:f1 of [K, d, f]: a product, then a strided add
+                    grad_out[:, :, f0:f1] += (cs.T @ g).view(k, d, r)
+                else:
+                    grad_ops[n][:, f0:f1].reshape(k, -1).addmm_(cs.T, g)
+        if "b_out" in ops:
+            db_out = grad_y.sum(dim=1)  # [U, d]
+            if grad_c_t is not None:
+                grad_c_t.addmm_(ops["b_out"][:n_c], db_out.T)
+            grad_ops["b_out"].addmm_(c.T, db_out)
+        grad_ops["w_out"] = grad_out
+        grad_vec, grad_base = [], []
+        for n, b, v in zip(names, base_in, vectors_in):
+            g = grad_ops[n]
+            grad_vec.append(g[:n_vec].to(v.dtype))
+            grad_base.append(None if b is None else g[n_vec].to(b.dtype))
+        grad_coeff = grad_beta = None
+        if need_coeff:
+            grad_coeff = grad_c_t[:n_vec].T.to(coeff_in.dtype)
+        if need_beta:
+            grad_beta = grad_c_t[n_vec].to(beta_in.dtype)
+        return (grad_x, grad_coeff, grad_beta, None, None, None, None, *grad_base, *grad_vec)
+
+
+def tiled_merge_and_apply(
+    x: Tensor,
+    coeff: Tensor,
+    base: dict[str, Tensor] | None,
+    vectors: dict[str, Tensor],
+    *,
+    activation: str,
+    max_chunk_bytes: int | None = None,
+    base_coeff: Tensor | None = None,
+) -> Tensor:
+    """``merge_and_apply`` for dense merges, tiled over the hidden dimension (module docstring).
+
+    Args:
+        x: tokens of each unit ``[U, T, d]`` (float32 or float64: the compute dtype).
+        coeff: merge coefficients ``[U, N]``.
+        base: the base expert ``{name: [*shape]}`` or None.
+        vectors: ``{name: [N, *shape]}`` with ``w_in [f, d]``, ``w_out [d, f]`` and optionally
+            ``w_gate [f, d]``, ``b_in [f]``, ``b_out [d]``.
+        activation: ``gelu``, ``gelu_tanh``, ``relu`` or ``silu``.
+        max_chunk_bytes: merged weights per tile (default ``TILE_BYTES``).
+        base_coeff: ``[U]``: the base is scaled per unit, ``base_coeff[u] B + Σ_i coeff[u, i]
+            V_i`` (with ``V = E``, the raw experts, and ``1 − Σ_i coeff[u, i]``, this is
+            ``B + Σ_i coeff (E_i − B)`` without the N domain vectors).
+    """
+    names = tuple(vectors)
+    if "w_in" not in vectors or "w_out" not in vectors:
+        raise ValueError(f"vectors need 'w_in' and 'w_out', got {list(names)}")
+    if base_coeff is not None and base is None:
+        raise ValueError("base_coeff scales the base: it needs a base")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"tiled_merge_and_apply computes in float32/float64, got {x.dtype}")
+    units, _, d = x.shape
+    hidden = vectors["w_in"].shape[1]
+    per_row = d * (3 if "w_gate" in vectors else 2) + ("b_in" in vectors)
+    budget = TILE_BYTES if max_chunk_bytes is None else max_chunk_bytes
+    chunk, rows = plan_tiles(units, hidden, per_row * x.element_size(), budget)
+    bases = [None if base is None else base[n] for n in names]
+    return _TiledMergeAndApply.apply(
+        x, coeff, base_coeff, activation, names, chunk, rows, *bases, *(vectors[n] for n in names)
+    )

@@ -1,0 +1,263 @@
+"""The merge-and-apply tiled over the hidden dimension against plain autograd and the
+unit-chunked function (src/nashmoe/moe/tiled.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nashmoe.moe import MoEConfig, MoEFeedForward
+from nashmoe.moe.ffn import activation_fn, merged_ffn
+from nashmoe.moe.fused import merge_and_apply
+from nashmoe.moe.layout import ExpertLayout
+from nashmoe.moe.tiled import MIN_TILE_ROWS, plan_tiles, tiled_merge_and_apply
+
+D = torch.float64
+
+
+def _operands(d, f, n, u, t, *, glu, bias, with_base, with_beta, dtype=D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layout = ExpertLayout(d, f, glu=glu, bias=bias)
+    vectors = {
+        k: (torch.randn(n, *s, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+        for k, s in layout.shapes.items()
+    }
+    base = (
+        {
+            k: (torch.randn(*s, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+            for k, s in layout.shapes.items()
+        }
+        if with_base
+        else None
+    )
+    coeff = torch.rand(u, n, generator=g, dtype=dtype).requires_grad_()
+    beta = torch.randn(u, generator=g, dtype=dtype).requires_grad_() if with_beta else None
+    x = torch.randn(u, t, d, generator=g, dtype=dtype).requires_grad_()
+    return x, coeff, beta, base, vectors
+
+
+def _plain(x, coeff, beta, base, vectors, activation):
+    """Every unit's merged expert materialised, plain autograd (the reference)."""
+    n, u = coeff.shape[1], coeff.shape[0]
+    w = {}
+    for k, v in vectors.items():
+        merged = coeff @ v.reshape(n, -1)
+        if base is not None:
+            b = base[k].reshape(1, -1)
+            merged = merged + (b if beta is None else beta[:, None] * b)
+        w[k] = merged.view(u, *v.shape[1:])
+    return merged_ffn(x, w, activation_fn(activation))
+
+
+def _inputs(x, coeff, beta, base, vectors):
+    return [
+        x,
+        coeff,
+        *([] if beta is None else [beta]),
+        *vectors.values(),
+        *([] if base is None else base.values()),
+    ]
+
+
+def _check(out, ref, inputs, **tol):
+    torch.testing.assert_close(out, ref, **tol)
+    weight = torch.randn_like(ref)
+    got = torch.autograd.grad((out * weight).sum(), inputs)
+    want = torch.autograd.grad((ref * weight).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)
+
+
+# ---------------------------------------------------------------- the tile plan
+@pytest.mark.parametrize(
+    "units, hidden, row_bytes, budget",
+    [
+        (16, 1024, 2048, 4 * 2**20),
+        (64, 1024, 2048, 4 * 2**20),
+        (4096, 512, 1024, 2**20),
+        (7, 10, 96, 1),
+        (3, 200, 64, 10**9),
+        (1, 1, 8, 1),
+    ],
+)
+def test_plan_tiles_covers_and_respects_the_budget(units, hidden, row_bytes, budget):
+    chunk, rows = plan_tiles(units, hidden, row_bytes, budget)
+    assert 1 <= chunk <= units and 1 <= rows <= hidden
+    floor = min(hidden, MIN_TILE_ROWS)
+    tile = chunk * rows * row_bytes
+    # within the budget, or within twice it at the floor of rows, or the smallest tile there is
+    assert tile <= budget or (rows <= floor and tile <= 2 * budget) or (chunk == 1 and rows == 1)
+    if chunk == units:
+        assert rows >= floor
+
+
+def test_plan_tiles_at_the_benchmark_shapes():
+    """The plans the layer benchmark runs (4 MiB, float32): d=256/f=1024 with 16 units
+    (T=256) takes 128 rows of all units; 64 units (T=64), the floor of 64 rows."""
+    assert plan_tiles(16, 1024, 2 * 256 * 4, 4 * 2**20) == (16, 128)
+    assert plan_tiles(64, 1024, 2 * 256 * 4, 4 * 2**20) == (64, 64)
+    assert plan_tiles(16, 512, 2 * 128 * 4, 4 * 2**20) == (16, 256)
+    # too many units for 64 rows of each in twice the budget: units are chunked
+    chunk, rows = plan_tiles(1024, 1024, 2 * 256 * 4, 4 * 2**20)
+    assert chunk == 64 and rows == 64
+
+
+# ---------------------------------------------------------------- against plain autograd
+@pytest.mark.parametrize("glu, bias", [(False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("with_base, with_beta", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(
+    "budget, plan",
+    [(None, (5, 150)), (1, (1, 1)), (5 * 64 * 64, (5, 64)), (2 * 64 * 64, (4, 64))],
+    ids=["one-tile", "tiny", "all-units-3-tiles", "unit-chunks"],
+)
+def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, plan):
+    """f = 150 > 64 rows: the budgets give one tile, one row per tile and unit, three f-tiles
+    of all five units (64, 64, 22 rows: a remainder), and chunks of 4 and 1 units (the plans
+    are for w_in/w_out only, 64 bytes per unit and row; GLU and biases give other plans)."""
+    d, f, n, u, t = 4, 150, 3, 5, 3
+    ops = _operands(d, f, n, u, t, glu=glu, bias=bias, with_base=with_base, with_beta=with_beta)
+    x, coeff, beta, base, vectors = ops
+    if not glu and not bias:
+        assert plan_tiles(u, f, 2 * d * 8, 10**9 if budget is None else budget) == plan
+    out = tiled_merge_and_apply(
+        x, coeff, base, vectors, activation="gelu", max_chunk_bytes=budget, base_coeff=beta
+    )
+    _check(out, _plain(*ops, "gelu"), _inputs(*ops))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+def test_tiled_activations(activation):
+    ops = _operands(
+        5, 70, 2, 3, 4, glu=activation == "silu", bias=True, with_base=True, with_beta=False
+    )
+    out = tiled_merge_and_apply(
+        *ops[:2], ops[3], ops[4], activation=activation, max_chunk_bytes=3 * 32 * 11 * 8
+    )
+    _check(out, _plain(*ops, activation), _inputs(*ops))
+
+
+def test_tiled_gradcheck():
+    x, coeff, beta, base, vectors = _operands(
+        3, 5, 2, 3, 2, glu=True, bias=True, with_base=True, with_beta=True
+    )
+    names = list(vectors)
+
+    def f(x, coeff, beta, *tensors):
+        vec = dict(zip(names, tensors[: len(names)]))
+        b = dict(zip(names, tensors[len(names) :]))
+        return tiled_merge_and_apply(
+            x, coeff, b, vec, activation="gelu", max_chunk_bytes=1, base_coeff=beta
+        )
+
+    assert torch.autograd.gradcheck(f, (x, coeff, beta, *vectors.values(), *base.values()))
+
+
+def test_tiled_without_input_or_coefficient_gradients():
+    """Frozen router / no input gradient: the other gradients are unchanged."""
+    x, coeff, _, base, vectors = _operands(
+        4, 80, 3, 4, 3, glu=False, bias=True, with_base=True, with_beta=False
+    )
+    x, coeff = x.detach(), coeff.detach()
+    out = tiled_merge_and_apply(x, coeff, base, vectors, activation="gelu", max_chunk_bytes=1)
+    ref = _plain(x, coeff, None, base, vectors, "gelu")
+    _check(out, ref, [*vectors.values(), *base.values()])
+
+
+# ---------------------------------------------------------------- against the unit-chunked path
+@pytest.mark.parametrize("with_beta", [False, True])
+def test_tiled_equals_unit_chunked_in_float32(with_beta):
+    """merge_and_apply's default (tiled) against ``tile_hidden=False`` (with base_coeff: the
+    [V; B] fallback of the unit-chunked function), float32, several tiles and chunks."""
+    ops = _operands(
+        16,
+        96,
+        4,
+        9,
+        8,
+        glu=True,
+        bias=True,
+        with_base=True,
+        with_beta=with_beta,
+        dtype=torch.float32,
+    )
+    x, coeff, beta, base, vectors = ops
+    weight = torch.randn(9, 8, 16)
+    results = []
+    for tile in (None, False):
+        out = merge_and_apply(
+            x,
+            coeff,
+            base,
+            vectors,
+            activation="silu",
+            base_coeff=beta,
+            max_chunk_bytes=20_000,
+            tile_hidden=tile,
+        )
+        results.append([out, *torch.autograd.grad((out * weight).sum(), _inputs(*ops))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_and_apply_routes_to_the_tiled_path(monkeypatch):
+    """Dense float merges go tiled; sparse merges, kept weights and bf16 do not."""
+    import nashmoe.moe.fused as fused
+
+    calls = []
+    real = fused.tiled_merge_and_apply
+    monkeypatch.setattr(
+        fused, "tiled_merge_and_apply", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    x, coeff, _, base, vectors = _operands(
+        4, 8, 3, 2, 2, glu=False, bias=False, with_base=True, with_beta=False, dtype=torch.float32
+    )
+    merge_and_apply(x, coeff, base, vectors, activation="gelu")
+    assert len(calls) == 1
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", keep_merged_bytes=2**30)
+    merge_and_apply(
+        x, coeff[:, :2], base, vectors, activation="gelu", index=torch.tensor([[0, 1], [1, 2]])
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        merge_and_apply(x, coeff, base, vectors, activation="gelu")
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- bad input
+def test_clear_errors():
+    x, coeff, beta, base, vectors = _operands(
+        4, 8, 3, 2, 2, glu=False, bias=False, with_base=True, with_beta=True, dtype=torch.float32
+    )
+    with pytest.raises(ValueError, match="tile_hidden=True needs a dense merge"):
+        merge_and_apply(
+            x,
+            coeff[:, :2],
+            base,
+            vectors,
+            activation="gelu",
+            index=torch.tensor([[0, 1], [1, 2]]),
+            tile_hidden=True,
+        )
+    with pytest.raises(ValueError, match="float32/float64"):
+        tiled_merge_and_apply(x.bfloat16(), coeff, base, vectors, activation="gelu")
+    with pytest.raises(ValueError, match="needs a base"):
+        merge_and_apply(x, coeff, None, vectors, activation="gelu", base_coeff=beta)
+    with pytest.raises(ValueError, match="'w_in' and 'w_out'"):
+        tiled_merge_and_apply(x, coeff, None, {"w_in": vectors["w_in"]}, activation="gelu")
+
+
+# ---------------------------------------------------------------- the layer's raw merge
+def test_camex_raw_merge_equals_the_domain_vector_merge():
+    """CAMEx merges the raw experts, (1 − Σc) E_m + Σ c_i E_i (no τ_i formed): outputs and
+    every parameter's gradient equal the spec's E_m + Σ c_i (E_i − E_m), materialised."""
+    torch.manual_seed(0)
+    cfg = MoEConfig(method="camex", d_model=8, d_ff=80, num_experts=4, unit="sequence")
+    layer = MoEFeedForward(cfg).double()
+    x = torch.randn(3, 5, 8, dtype=D)
+    out = layer(x)
+    _, scores = layer._unit_scores(x, None)
+    coeff = layer._coefficients(scores, D)
+    base, experts = layer.base_tensors(), layer.expert_tensors()
+    w = {k: base[k] + torch.einsum("un,n...->u...", coeff, e - base[k]) for k, e in experts.items()}
+    ref = merged_ffn(x, w, activation_fn(cfg.activation))
+    params = list(layer.parameters())
+    _check(out, ref, params)
