@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nashmoe.moe.tiled as tiled
 from nashmoe.moe import MoEConfig, MoEFeedForward
 from nashmoe.moe.ffn import activation_fn, merged_ffn
 from nashmoe.moe.fused import merge_and_apply
 from nashmoe.moe.layout import ExpertLayout
-from nashmoe.moe.tiled import MIN_TILE_ROWS, plan_tiles, tiled_merge_and_apply
+from nashmoe.moe.tiled import MIN_TILE_ROWS, TILE_BYTES, plan_tiles, tiled_merge_and_apply
 
 D = torch.float64
 
@@ -92,14 +93,15 @@ def test_plan_tiles_covers_and_respects_the_budget(units, hidden, row_bytes, bud
 
 
 def test_plan_tiles_at_the_benchmark_shapes():
-    """The plans the layer benchmark runs (4 MiB, float32): d=256/f=1024 with 16 units
-    (T=256) takes 128 rows of all units; 64 units (T=64), the floor of 64 rows."""
-    assert plan_tiles(16, 1024, 2 * 256 * 4, 4 * 2**20) == (16, 128)
-    assert plan_tiles(64, 1024, 2 * 256 * 4, 4 * 2**20) == (64, 64)
-    assert plan_tiles(16, 512, 2 * 128 * 4, 4 * 2**20) == (16, 256)
-    # too many units for 64 rows of each in twice the budget: units are chunked
-    chunk, rows = plan_tiles(1024, 1024, 2 * 256 * 4, 4 * 2**20)
-    assert chunk == 64 and rows == 64
+    """The plans the layer benchmark runs (4 MiB, at least 256 rows, float32, w_in + w_out):
+    16 units (T=256) in one chunk of 256-row tiles; 64 units (T=64) in chunks of 16 (d=256) or
+    32 (d=128) units."""
+    assert (TILE_BYTES, MIN_TILE_ROWS) == (4 * 2**20, 256)
+    assert plan_tiles(16, 1024, 2 * 256 * 4, TILE_BYTES) == (16, 256)
+    assert plan_tiles(64, 1024, 2 * 256 * 4, TILE_BYTES) == (16, 256)
+    assert plan_tiles(16, 512, 2 * 128 * 4, TILE_BYTES) == (16, 256)
+    assert plan_tiles(64, 512, 2 * 128 * 4, TILE_BYTES) == (32, 256)
+    assert plan_tiles(4096, 1024, 2 * 256 * 4, TILE_BYTES) == (16, 256)
 
 
 # ---------------------------------------------------------------- against plain autograd
@@ -110,10 +112,12 @@ def test_plan_tiles_at_the_benchmark_shapes():
     [(None, (5, 150)), (1, (1, 1)), (5 * 64 * 64, (5, 64)), (2 * 64 * 64, (4, 64))],
     ids=["one-tile", "tiny", "all-units-3-tiles", "unit-chunks"],
 )
-def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, plan):
-    """f = 150 > 64 rows: the budgets give one tile, one row per tile and unit, three f-tiles
-    of all five units (64, 64, 22 rows: a remainder), and chunks of 4 and 1 units (the plans
-    are for w_in/w_out only, 64 bytes per unit and row; GLU and biases give other plans)."""
+def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, plan, monkeypatch):
+    """With tiles of at least 64 rows and f = 150: the budgets give one tile, one row per tile
+    and unit, three f-tiles of all five units (64, 64, 22 rows: a remainder), and chunks of 4
+    and 1 units (the plans are for w_in/w_out only, 64 bytes per unit and row; GLU and biases
+    give other plans)."""
+    monkeypatch.setattr(tiled, "MIN_TILE_ROWS", 64)
     d, f, n, u, t = 4, 150, 3, 5, 3
     ops = _operands(d, f, n, u, t, glu=glu, bias=bias, with_base=with_base, with_beta=with_beta)
     x, coeff, beta, base, vectors = ops
@@ -166,8 +170,9 @@ def test_tiled_without_input_or_coefficient_gradients():
 # ---------------------------------------------------------------- against the unit-chunked path
 @pytest.mark.parametrize("with_beta", [False, True])
 def test_tiled_equals_unit_chunked_in_float32(with_beta):
-    """merge_and_apply's default (tiled) against ``tile_hidden=False`` (with base_coeff: the
-    [V; B] fallback of the unit-chunked function), float32, several tiles and chunks."""
+    """merge_and_apply's default (tiled) against ``tile_hidden=False``, merged weights rebuilt
+    and kept, float32, several tiles and chunks (with base_coeff: ``[c | beta] [V; B]`` in the
+    unit-chunked function)."""
     ops = _operands(
         16,
         96,
@@ -183,7 +188,7 @@ def test_tiled_equals_unit_chunked_in_float32(with_beta):
     x, coeff, beta, base, vectors = ops
     weight = torch.randn(9, 8, 16)
     results = []
-    for tile in (None, False):
+    for tile, keep in ((None, None), (False, 0), (False, 2**30)):
         out = merge_and_apply(
             x,
             coeff,
@@ -193,10 +198,31 @@ def test_tiled_equals_unit_chunked_in_float32(with_beta):
             base_coeff=beta,
             max_chunk_bytes=20_000,
             tile_hidden=tile,
+            keep_merged_bytes=keep,
         )
         results.append([out, *torch.autograd.grad((out * weight).sum(), _inputs(*ops))])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("keep", [0, 2**30], ids=["rebuild", "keep"])
+def test_unit_chunked_base_coeff_matches_plain_autograd(keep):
+    """The unit-chunked function with a dense merge and base_coeff (float64)."""
+    ops = _operands(5, 12, 3, 7, 3, glu=False, bias=True, with_base=True, with_beta=True)
+    x, coeff, beta, base, vectors = ops
+    out = merge_and_apply(
+        x,
+        coeff,
+        base,
+        vectors,
+        activation="gelu",
+        base_coeff=beta,
+        max_chunk_bytes=1,
+        tile_hidden=False,
+        keep_merged_bytes=keep,
+    )
+    _check(out, _plain(*ops, "gelu"), _inputs(*ops))
 
 
 def test_merge_and_apply_routes_to_the_tiled_path(monkeypatch):

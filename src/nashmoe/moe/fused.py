@@ -111,14 +111,15 @@ class _MergeAndApply(torch.autograd.Function):
         keep = keep and index is None
         kept = [x.new_empty(units, math.prod(shape)) for _, shape in name_shapes] if keep else None
         stacked = c_ext = None
-        if index is None and beta is None:  # B + c V = [c | 1] [V; B]: one product, no bias copy
+        if index is None:  # B + c V = [c | 1] [V; B] (beta B: [c | beta]): one product
             stacked = [
                 v.reshape(v.shape[0], -1)
                 if b is None
                 else torch.cat([v.reshape(v.shape[0], -1), b.reshape(1, -1)])
                 for b, v in zip(base, vectors)
             ]
-            c_ext = torch.cat([c_all, c_all.new_ones(units, 1)], dim=1)
+            last = c_all.new_ones(units, 1) if beta_all is None else beta_all[:, None]
+            c_ext = torch.cat([c_all, last], dim=1)
         for start in range(0, units, chunk):
             stop = min(units, start + chunk)
             idx = None if index is None else index[start:stop]
@@ -187,9 +188,9 @@ class _MergeAndApply(torch.autograd.Function):
             None if b is None else torch.zeros(b.numel(), dtype=acc, device=b.device)
             for b in base_in
         ]
-        # Plain dense merge: the base's gradient Σ_u dW_u rides as an extra row of cᵀ dW (one
-        # pass over dW for both), [c | 1]ᵀ dW.
-        fold_base = index is None and beta is None and not low_precision
+        # Dense merge: the base's gradient Σ_u dW_u (Σ_u beta_u dW_u) rides as an extra row of
+        # cᵀ dW (one pass over dW for both), [c | 1]ᵀ dW ([c | beta]ᵀ dW).
+        fold_base = index is None and not low_precision
         grad_vec = [
             torch.zeros(
                 v.shape[0] + (fold_base and b is not None),
@@ -199,16 +200,23 @@ class _MergeAndApply(torch.autograd.Function):
             )
             for v, b in zip(vectors_in, base_in)
         ]
-        ones = torch.ones(units, 1, dtype=acc, device=x.device) if fold_base else None
+        ones = None  # the base's column of [c | 1] or [c | beta]
+        if fold_base:
+            ones = (
+                torch.ones(units, 1, dtype=acc, device=x.device)
+                if beta is None
+                else beta.to(acc)[:, None]
+            )
         stacked = c_one = None
-        if kept is None and index is None and beta is None:  # rebuild as [c | 1] [V; B]
+        if kept is None and index is None:  # rebuild as [c | 1] [V; B]
             stacked = [
                 v.reshape(v.shape[0], -1)
                 if b is None
                 else torch.cat([v.reshape(v.shape[0], -1), b.reshape(1, -1)])
                 for b, v in zip(base, vectors)
             ]
-            c_one = torch.cat([coeff, coeff.new_ones(units, 1)], dim=1)
+            last = coeff.new_ones(units, 1) if beta is None else beta[:, None]
+            c_one = torch.cat([coeff, last], dim=1)
         for start in range(0, units, ctx.chunk):
             stop = min(units, start + ctx.chunk)
             idx = None if index is None else index[start:stop]
@@ -275,6 +283,8 @@ class _MergeAndApply(torch.autograd.Function):
                 else:
                     if need_coeff:
                         grad_coeff[start:stop].addmm_(g, flat.T.to(acc))
+                    if need_beta and grad_base[k] is not None:
+                        grad_beta[start:stop] += g @ base[k].reshape(-1).to(acc)
                     if fold_base and grad_base[k] is not None:
                         grad_vec[k].addmm_(c_ext.T, g)  # cᵀ dW and Σ_u dW_u in one pass
                         continue
@@ -384,18 +394,6 @@ def merge_and_apply(
                 max_chunk_bytes=max_chunk_bytes,
                 base_coeff=base_coeff,
             )
-    if base_coeff is not None and index is None:
-        # beta B + c V = B + [c | beta − 1] [V; B]: N + 1 vectors and the unscaled base
-        return merge_and_apply(
-            x,
-            torch.cat([coeff, (base_coeff - 1).to(coeff.dtype)[:, None]], dim=1),
-            base,
-            {n: torch.cat([v, base[n][None].to(v.dtype)]) for n, v in vectors.items()},
-            activation=activation,
-            max_chunk_bytes=max_chunk_bytes,
-            keep_merged_bytes=keep_merged_bytes,
-            tile_hidden=False,
-        )
     if max_chunk_bytes is None:
         max_chunk_bytes = _MAX_CHUNK_BYTES
     if keep and device != "cpu":  # memory allows: one merge product for all units

@@ -13,11 +13,12 @@ all units with one product (the vectors' tile is read once) and applied at once:
 ``h[..., f0:f1] W_out[:, f0:f1]ᵀ`` over the tiles. The backward pass walks the same tiles:
 ``dh`` of a tile needs only its ``W_out`` columns, ``dx`` accumulates over tiles, and the weight
 gradients of a tile are finished within it. A tile holds at most ``max_chunk_bytes`` of merged
-weights (at least 64 rows of f, or all of f when smaller), so it stays in cache between its
-product and its use; units are chunked as well only when even 64 rows of all units do not fit
-twice that budget. ``W_out`` is tiled along its columns: each tile's columns of ``[V; B]`` are
-copied contiguous (rows of r numbers) before its product; transposing ``w_out`` once per call
-instead measured 20–30× slower than a plain copy of the same size.
+weights (at least ``MIN_TILE_ROWS`` = 256 rows of f, or all of f when smaller), so it stays in
+cache between its product and its use; units are chunked as well when that many rows of all
+units do not fit twice that budget (the vectors' tile is then read once per chunk). ``W_out`` is
+tiled along its columns: each tile's columns of ``[V; B]`` are copied contiguous (rows of r
+numbers) before its product; transposing ``w_out`` once per call instead measured 20–30× slower
+than a plain copy of the same size.
 
 Activations are stored tile by tile in one flat buffer per kind (pre-activation, gate, hidden),
 so nothing is concatenated. Used by ``merge_and_apply`` for dense merges (no ``index``) in float32
@@ -36,8 +37,13 @@ from nashmoe.moe._activation import act, act_backward, act_into
 
 __all__ = ["MIN_TILE_ROWS", "TILE_BYTES", "plan_tiles", "tiled_merge_and_apply"]
 
-TILE_BYTES = 4 * 2**20  # merged weights per tile (all units × f-rows); see docs/results.md
-MIN_TILE_ROWS = 64  # narrower tiles make the y/dx accumulation products inefficient
+# Merged weights per tile, and the fewest f-rows per tile (or all of f): units are chunked before
+# tiles get narrower than this (narrow tiles make every per-unit product small and the y/dx
+# accumulation frequent). Chosen on this CPU among 2-8 MiB and 64-512 rows (docs/results.md);
+# the differences between them were within the machine's noise, the unit-chunked merge was
+# slower than all of them at T = 64.
+TILE_BYTES = 4 * 2**20
+MIN_TILE_ROWS = 256
 
 
 def plan_tiles(units: int, hidden: int, row_bytes: int, budget: int) -> tuple[int, int]:
