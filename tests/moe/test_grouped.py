@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nashmoe.moe import MoEFeedForward
+from nashmoe.moe import MoEFeedForward, ffn
 from nashmoe.moe.ffn import _grouped_mm_ok, activation_fn, topk_ffn
 from nashmoe.moe.layout import ExpertLayout
 
@@ -59,7 +59,14 @@ def _grads(out, probe, tensors):
         (False, True, (), 0, 2),  # batch 0
     ],
 )
-def test_grouped_matches_loop_and_fallback(glu, bias, skip, m, k):
+@pytest.mark.parametrize("row_ranges", [False, True], ids=["one-range", "16-row-ranges"])
+def test_grouped_matches_loop_and_fallback(glu, bias, skip, m, k, row_ranges, monkeypatch):
+    """``16-row-ranges``: the grouped products run over ranges of 16 sorted rows (the CPU's
+    bound on activation bytes set to its minimum), which split experts' rows and leave experts
+    without rows in a range (clamped offsets)."""
+    if row_ranges:
+        monkeypatch.setattr(ffn, "_GROUPED_ROW_BYTES", 1)
+        assert ffn._row_chunk(46, 16, 4, "cpu") == 16
     x, experts, idx, w = _problem(m=m, k=k, glu=glu, bias=bias, skip=skip)
     act = activation_fn("silu" if glu else "gelu")
     tensors = [x, w, *experts.values()]
