@@ -471,3 +471,22 @@ def test_segment_cache_refuses_non_contiguous_positions():
         layer(torch.randn(1, 1, 8), cache=cache, start_pos=5)
         with pytest.raises(ValueError, match="holds 6 tokens"):
             layer(torch.randn(1, 1, 8), cache=cache, start_pos=4)
+
+
+def test_domain_sum_gradients_equal_autograd_through_tau():
+    """NAMEx's direction Σ α_i (E_i − E_m) from a detached τ (layer._DomainSum): value and
+    the analytic gradients to E_i and E_m equal plain autograd through τ = E − E_m."""
+    from nashmoe.moe.layer import _DomainSum
+
+    torch.manual_seed(0)
+    experts = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    alpha = torch.rand(4, dtype=torch.float64)
+    weight = torch.randn(6, 5, dtype=torch.float64)
+    out = _DomainSum.apply(alpha, (experts - base).detach(), experts, base)
+    ref = torch.einsum("n,n...->...", alpha, experts - base)
+    torch.testing.assert_close(out, ref)
+    got = torch.autograd.grad((out * weight).sum(), [experts, base])
+    want = torch.autograd.grad((ref * weight).sum(), [experts, base])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

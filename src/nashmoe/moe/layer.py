@@ -626,7 +626,24 @@ class MoEFeedForward(nn.Module):
                         tau = {name: e - base[name] for name, e in experts.items()}
                     part.bargaining = propagation_stats(tau, None, None, step, base, cfg.gamma)
             return part
-        tau = {name: e - base[name] for name, e in experts.items()}
+        # NAMEx on plain τ with a non-differentiable α and the Nash step length: τ_i feeds only
+        # the (detached) Gram matrix and the direction Σ α_i τ_i, whose gradient is analytic
+        # (_DomainSum): τ is formed without autograd and the merge takes the raw experts
+        nash_raw = (
+            plain
+            and cfg.propagates
+            and cfg.method != "ep-camex"
+            and (raw or cfg.unit != "token")
+            and cfg.bargain_on == "tau"
+            and not cfg.differentiable_alpha
+            and cfg.step_norm != "mean"
+        )
+        if nash_raw:
+            with torch.no_grad():
+                tau = {name: e - base[name] for name, e in experts.items()}
+            raw = True
+        else:
+            tau = {name: e - base[name] for name, e in experts.items()}
         if cfg.merge_mask == "ties":
             masked = {name: t * _ties_mask(t) for name, t in tau.items()}
         else:
@@ -666,10 +683,16 @@ class MoEFeedForward(nn.Module):
             raise ValueError("no Nash weights to reuse: the previous MoE layer did not pass α")
         else:
             part.alpha = incoming.alpha
-        delta = {
-            name: (part.alpha.to(p.dtype) @ p.reshape(p.shape[0], -1)).view(p.shape[1:])
-            for name, p in players.items()
-        }
+        if nash_raw:  # Σ α_i (E_i − E_m) from the detached τ, gradients to E_i and E_m
+            delta = {
+                name: _DomainSum.apply(part.alpha, p, experts[name], base[name])
+                for name, p in players.items()
+            }
+        else:
+            delta = {
+                name: (part.alpha.to(p.dtype) @ p.reshape(p.shape[0], -1)).view(p.shape[1:])
+                for name, p in players.items()
+            }
         direction = delta
         if cfg.step_norm == "mean":
             target = _norm({name: p.mean(dim=0) for name, p in players.items()})
@@ -842,6 +865,28 @@ def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
         gram.new_empty(batch[:-1], dtype=torch.int64),
         gram.new_empty(batch[:-1], dtype=torch.int64),
     )
+
+
+class _DomainSum(torch.autograd.Function):
+    """``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m`` given detached: the forward reads τ once (no
+    N·P subtraction under autograd) and the backward is analytic, ``dE_i = α_i g`` and
+    ``dE_m = −(Σ_i α_i) g`` (no N·P negation and sum); α gets no gradient (it is solved from a
+    detached Gram matrix)."""
+
+    @staticmethod
+    def forward(ctx, alpha, tau, experts, base):  # type: ignore[override]
+        a = alpha.to(tau.dtype)
+        ctx.save_for_backward(a)
+        ctx.expert_dtype, ctx.base_dtype = experts.dtype, base.dtype
+        return (a @ tau.reshape(tau.shape[0], -1)).view(tau.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (a,) = ctx.saved_tensors
+        flat = grad.reshape(1, -1)
+        grad_experts = (a[:, None] * flat).view(a.shape[0], *grad.shape)
+        grad_base = grad * (-a.sum())
+        return None, None, grad_experts.to(ctx.expert_dtype), grad_base.to(ctx.base_dtype)
 
 
 @torch.compiler.disable
