@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["act", "act_backward", "act_into"]
+__all__ = ["act", "act_backward", "act_into", "hidden_backward"]
 
 
 def act(name: str, x: Tensor) -> Tensor:
@@ -43,3 +43,13 @@ def act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
     if name == "silu":
         return torch.ops.aten.silu.out(x, out=out)
     return torch.clamp_min(x, 0, out=out)  # relu
+
+
+def hidden_backward(
+    name: str, dh: Tensor, pre: Tensor, gate: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Gradients of the pre-activation and the gate from ``dh``, the gradient of the hidden
+    activation ``h = act(pre)``, or ``h = act(gate) · pre`` with a GLU: ``(dpre, dgate)``."""
+    if gate is None:
+        return act_backward(name, dh, pre), None
+    return dh * act(name, gate), act_backward(name, dh * pre, gate)

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nashmoe.moe._activation import act as _act
-from nashmoe.moe._activation import act_backward as _act_backward
 from nashmoe.moe._activation import act_into as _act_into
+from nashmoe.moe._activation import hidden_backward
 from nashmoe.moe.tiled import tiled_merge_and_apply
 
 __all__ = ["merge_and_apply"]
@@ -250,12 +250,9 @@ class _MergeAndApply(torch.autograd.Function):
             if "b_out" in w:
                 grads["b_out"] = dy.sum(dim=1)
             dh = torch.bmm(dy, w["w_out"])
+            dpre, dgate = hidden_backward(act, dh, pre, gate)
             if glu:
-                dpre = dh * _act(act, gate)
-                dgate = _act_backward(act, dh * pre, gate)
                 grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
-            else:
-                dpre = _act_backward(act, dh, pre)
             grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
             if "b_in" in w:
                 grads["b_in"] = dpre.sum(dim=1)

@@ -460,7 +460,15 @@ class MoEFeedForward(nn.Module):
         )
         merge_scores, index = self._selection(self._merge_weights(flat_scores, part))
         coeff = self._coefficients(merge_scores, compute_dtype)
-        if index is not None:  # merge_top_k: gather the k selected vectors per unit
+        if index is None and cfg.unit == "token":  # per-token mix, no merged weights
+            vectors = {k: v.to(compute_dtype) for k, v in part.vectors.items()}
+            base = (
+                None
+                if part.base is None
+                else {k: v.to(compute_dtype) for k, v in part.base.items()}
+            )
+            out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
+        else:  # one merged expert per unit (merge_top_k: of the k selected vectors)
             units = x.reshape(b * s, 1, d) if cfg.unit == "token" else x
             if cfg.unit == "segment":
                 units = split_segments(x, cfg.segment_len).reshape(-1, cfg.segment_len, d)
@@ -472,29 +480,6 @@ class MoEFeedForward(nn.Module):
                 activation=cfg.activation,
                 index=index,
                 base_coeff=1 - coeff.sum(dim=-1) if part.raw else None,
-            )
-            out = out.reshape(b, -1, d)[:, :s]
-        elif cfg.unit == "token":
-            vectors = {k: v.to(compute_dtype) for k, v in part.vectors.items()}
-            base = (
-                None
-                if part.base is None
-                else {k: v.to(compute_dtype) for k, v in part.base.items()}
-            )
-            out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
-        else:
-            base_coeff = 1 - coeff.sum(dim=-1) if part.raw else None
-            units = x
-            if cfg.unit == "segment":
-                units = split_segments(x, cfg.segment_len)
-                units = units.reshape(-1, cfg.segment_len, d)
-            out = merge_and_apply(
-                units,
-                coeff,
-                part.base,
-                part.vectors,
-                activation=cfg.activation,
-                base_coeff=base_coeff,
             )
             out = out.reshape(b, -1, d)[:, :s]
         assignments = flat_scores.argmax(dim=-1, keepdim=True) if index is None else index

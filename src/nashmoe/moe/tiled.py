@@ -24,7 +24,7 @@ Activations are stored tile by tile in one flat buffer per kind (pre-activation,
 so nothing is concatenated. Used by ``merge_and_apply`` for dense merges (no ``index``) in float32
 or float64 when the merged weights are not kept (the CPU default); the unit-chunked function
 remains for sparse merges, low-precision compute and kept weights. Tested against plain autograd
-and the unit-chunked function (``tests/moe/test_mechanics.py``). NAMEx paper (ICLR 2026) and
+and the unit-chunked function (``tests/moe/test_tiled.py``). NAMEx paper (ICLR 2026) and
 CAMEx (ICLR 2025) define the merge; the tiling is ours.
 """
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nashmoe.moe._activation import act, act_backward, act_into
+from nashmoe.moe._activation import act, act_into, hidden_backward
 
 __all__ = ["MIN_TILE_ROWS", "TILE_BYTES", "plan_tiles", "tiled_merge_and_apply"]
 
@@ -195,14 +195,11 @@ class _TiledMergeAndApply(torch.autograd.Function):
             w_out = (cs @ tile["w_out"]).view(u, d, r)
             grads = {"w_out": torch.bmm(dy.transpose(1, 2), h_b)}  # [u, d, r]
             dh = torch.bmm(dy, w_out)
+            gate_b = gate[off : off + n_act].view(u, length, r) if glu else None
+            dpre, dgate = hidden_backward(activation, dh, pre_b, gate_b)
             if glu:
-                gate_b = gate[off : off + n_act].view(u, length, r)
                 w_gate = (cs @ tile["w_gate"]).view(u, r, d)
-                dpre = dh * act(activation, gate_b)
-                dgate = act_backward(activation, dh * pre_b, gate_b)
                 grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
-            else:
-                dpre = act_backward(activation, dh, pre_b)
             grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
             if "b_in" in ops:
                 grads["b_in"] = dpre.sum(dim=1)
