@@ -47,6 +47,8 @@ def build(method: str, d: int, f: int, n: int, t: int, layers: int, device, dtyp
     stack = torch.nn.ModuleList(MoEFeedForward(cfg, owns_base=(i == 0)) for i in range(layers)).to(
         device=device, dtype=dtype
     )
+    # as in the GPT (and link_moe_layers): nothing uses the last layer's propagation step
+    stack[-1].last_in_chain = True
     return stack
 
 

@@ -473,9 +473,11 @@ def test_segment_cache_refuses_non_contiguous_positions():
             layer(torch.randn(1, 1, 8), cache=cache, start_pos=4)
 
 
-def test_domain_sum_gradients_equal_autograd_through_tau():
-    """NAMEx's direction Σ α_i (E_i − E_m) from a detached τ (layer._DomainSum): value and
-    the analytic gradients to E_i and E_m equal plain autograd through τ = E − E_m."""
+@pytest.mark.parametrize("given_tau", [True, False])
+def test_domain_sum_gradients_equal_autograd_through_tau(given_tau):
+    """NAMEx's direction Σ α_i (E_i − E_m) (layer._DomainSum), from a detached τ or from E and
+    E_m directly: value and the analytic gradients to E_i and E_m equal plain autograd through
+    τ = E − E_m."""
     from nashmoe.moe.layer import _DomainSum
 
     torch.manual_seed(0)
@@ -483,10 +485,65 @@ def test_domain_sum_gradients_equal_autograd_through_tau():
     base = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     alpha = torch.rand(4, dtype=torch.float64)
     weight = torch.randn(6, 5, dtype=torch.float64)
-    out = _DomainSum.apply(alpha, (experts - base).detach(), experts, base)
+    tau = (experts - base).detach() if given_tau else None
+    out = _DomainSum.apply(alpha, tau, experts, base)
     ref = torch.einsum("n,n...->...", alpha, experts - base)
     torch.testing.assert_close(out, ref)
     got = torch.autograd.grad((out * weight).sum(), [experts, base])
     want = torch.autograd.grad((ref * weight).sum(), [experts, base])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_difference_gram_equals_gram_of_tau(monkeypatch, dtype):
+    """The chunked Gram matrix of E_i − E_m (no τ written out) equals the plain one, over
+    several chunks and a remainder, summed over tensors; low precision accumulates in
+    float32."""
+    from nashmoe.moe import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "_GRAM_CHUNK", 7)
+    torch.manual_seed(0)
+    experts = {"a": torch.randn(3, 6, 5).to(dtype), "b": torch.randn(3, 4).to(dtype)}
+    base = {"a": torch.randn(6, 5).to(dtype), "b": torch.randn(4).to(dtype)}
+    got = layer_module._difference_gram(experts, base)
+    want = sum((lambda v: v @ v.T)((experts[k] - base[k]).reshape(3, -1).double()) for k in experts)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = {} if dtype == torch.float64 else dict(rtol=2e-2, atol=0.3)
+    torch.testing.assert_close(got.double(), want, **tol)
+
+
+@pytest.mark.parametrize("method", ["namex", "namex-full-mom"])
+def test_direction_left_to_the_merge_matches_the_separate_one(method, monkeypatch):
+    """NAMEx's direction formed by the merge (merge_and_apply(direction=), the eager default)
+    gives the same outputs, propagation and gradients as the separate _DomainSum path, and is
+    actually taken."""
+    from nashmoe.moe import layer as layer_module
+
+    from .naive import module_stack
+    from .test_reference import grads, make_stack
+
+    x = torch.randn(2, 12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    calls = []
+    real = layer_module.merge_and_apply
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("direction") is not None)
+        return real(*args, **kwargs)
+
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(layer_module, "_fusable", lambda fused=fused: fused)
+        monkeypatch.setattr(layer_module, "merge_and_apply", spy)
+        layers = make_stack(method, num_layers=3)
+        calls.clear()
+        out = module_stack(layers, x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        # the first two layers propagate (the stack does not mark a last layer)
+        assert calls[:2] == [fused, fused]
+        results.append((out.detach(), grads(layers)))
+    (out_f, g_f), (out_s, g_s) = results
+    torch.testing.assert_close(out_f, out_s)
+    assert g_f.keys() == g_s.keys()
+    for k in g_f:
+        torch.testing.assert_close(g_f[k], g_s[k], msg=k)

@@ -129,6 +129,73 @@ def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, p
     _check(out, _plain(*ops, "gelu"), _inputs(*ops))
 
 
+def _plain_direction(alpha, base, vectors):
+    return {
+        k: torch.einsum("n,n...->...", alpha, v) - alpha.sum() * base[k] for k, v in vectors.items()
+    }
+
+
+@pytest.mark.parametrize("glu, bias", [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    "budget", [None, 1, 5 * 64 * 64, 2 * 64 * 64], ids=["one-tile", "tiny", "3-tiles", "chunks"]
+)
+@pytest.mark.parametrize("tile_hidden", [True, False])
+def test_direction_matches_plain_autograd(glu, bias, budget, tile_hidden, monkeypatch):
+    """merge_and_apply(direction=a): the output and Σ_i a_i (V_i − B) per tensor, and every
+    gradient through both (the direction's folded into the merge's gradient tiles on the tiled
+    path, over remainder tiles and unit chunks; a plain expression on the unit-chunked path),
+    equal plain autograd; a gets no gradient."""
+    monkeypatch.setattr(tiled, "MIN_TILE_ROWS", 64)
+    d, f, n, u, t = 4, 150, 3, 5, 3
+    ops = _operands(d, f, n, u, t, glu=glu, bias=bias, with_base=True, with_beta=True)
+    x, coeff, beta, base, vectors = ops
+    alpha = torch.rand(n, dtype=D, generator=torch.Generator().manual_seed(3))
+    out, delta = merge_and_apply(
+        x,
+        coeff,
+        base,
+        vectors,
+        activation="gelu",
+        max_chunk_bytes=budget if tile_hidden else None,
+        base_coeff=beta,
+        direction=alpha,
+        tile_hidden=tile_hidden,
+    )
+    ref = _plain(*ops, "gelu")
+    ref_delta = _plain_direction(alpha, base, vectors)
+    torch.testing.assert_close(out, ref)
+    assert list(delta) == list(vectors)
+    for k in vectors:
+        torch.testing.assert_close(delta[k], ref_delta[k])
+    inputs = _inputs(*ops)
+    gen = torch.Generator().manual_seed(4)
+    weights = [torch.randn(r.shape, dtype=D, generator=gen) for r in [ref, *ref_delta.values()]]
+
+    def loss(o, dl):
+        return sum((a * w).sum() for a, w in zip([o, *dl.values()], weights))
+
+    got = torch.autograd.grad(loss(out, delta), inputs)
+    want = torch.autograd.grad(loss(ref, ref_delta), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_direction_unused_gradient_and_bad_input():
+    """A direction nobody uses leaves the other gradients as without it; a direction without a
+    base, or of the wrong length, is refused by name."""
+    ops = _operands(4, 40, 3, 2, 3, glu=False, bias=True, with_base=True, with_beta=True)
+    x, coeff, beta, base, vectors = ops
+    alpha = torch.rand(3, dtype=D)
+    out, _ = merge_and_apply(
+        x, coeff, base, vectors, activation="gelu", base_coeff=beta, direction=alpha
+    )
+    _check(out, _plain(*ops, "gelu"), _inputs(*ops))
+    with pytest.raises(ValueError, match=r"direction .* needs a base"):
+        merge_and_apply(x, coeff, None, vectors, activation="gelu", direction=alpha)
+    with pytest.raises(ValueError, match=r"direction must have shape \[N\] = \[3\]"):
+        merge_and_apply(x, coeff, base, vectors, activation="gelu", direction=alpha[:2])
+
+
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
 def test_tiled_activations(activation):
     ops = _operands(

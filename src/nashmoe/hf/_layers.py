@@ -43,20 +43,35 @@ class AnchoredMoEFeedForward(MoEFeedForward):
         prefix = "base_" if self.owns_base else "anchor_"
         return {name: getattr(self, prefix + name) for name in self.layout.names}
 
-    def _compute_parameter_part(self, incoming, reuse_solve: bool = False):
+    def _compute_parameter_part(
+        self, incoming, reuse_solve: bool = False, defer_direction: bool = False
+    ):
         anchor = self.anchor_tensors()
         if anchor is None:
-            return super()._compute_parameter_part(incoming, reuse_solve)
+            return super()._compute_parameter_part(incoming, reuse_solve, defer_direction)
         if incoming is not None and not self.owns_base:  # displacement -> this layer's base
             incoming = replace(
                 incoming, base={n: anchor[n] + incoming.base[n] for n in self.layout.names}
             )
-        part = super()._compute_parameter_part(incoming, reuse_solve)
-        if part.next_state is not None and part.next_state is not incoming:
-            nxt = part.next_state
-            part.next_state = replace(
-                nxt, base={n: nxt.base[n] - anchor[n] for n in self.layout.names}
-            )
+        part = super()._compute_parameter_part(incoming, reuse_solve, defer_direction)
+
+        def to_displacement() -> None:  # the next base -> the displacement passed on
+            if part.next_state is not None and part.next_state is not incoming:
+                nxt = part.next_state
+                part.next_state = replace(
+                    nxt, base={n: nxt.base[n] - anchor[n] for n in self.layout.names}
+                )
+
+        if part.finish is None:
+            to_displacement()
+        else:  # the merge forms the direction: the next state is final after finish
+            finish = part.finish
+
+            def finish_then_shift(delta: dict[str, Tensor]) -> None:
+                finish(delta)
+                to_displacement()
+
+            part.finish = finish_then_shift
         return part
 
 

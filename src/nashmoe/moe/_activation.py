@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["act", "act_backward", "act_into", "hidden_backward"]
+__all__ = ["act", "act_backward", "act_into", "hidden_backward", "hidden_backward_"]
 
 
 def act(name: str, x: Tensor) -> Tensor:
@@ -34,6 +34,19 @@ def act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def act_backward_(name: str, grad: Tensor, x: Tensor) -> Tensor:
+    """:func:`act_backward` written into ``grad``."""
+    if name == "gelu":
+        return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=grad)
+    if name == "gelu_tanh":
+        return torch.ops.aten.gelu_backward.grad_input(grad, x, approximate="tanh", grad_input=grad)
+    if name == "relu":
+        return grad.mul_(x > 0)
+    if name == "silu":
+        return torch.ops.aten.silu_backward.grad_input(grad, x, grad_input=grad)
+    raise ValueError(f"unknown activation {name!r}")
+
+
 def act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
     """``out = act(x)`` without a temporary."""
     if name == "gelu":
@@ -53,3 +66,14 @@ def hidden_backward(
     if gate is None:
         return act_backward(name, dh, pre), None
     return dh * act(name, gate), act_backward(name, dh * pre, gate)
+
+
+def hidden_backward_(
+    name: str, dh: Tensor, pre: Tensor, gate: Tensor | None, spare: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`hidden_backward` in place: ``dpre`` overwrites ``dh``; with a GLU, ``dgate`` is
+    written into ``spare`` (same shape)."""
+    if gate is None:
+        return act_backward_(name, dh, pre), None
+    act_backward_(name, torch.mul(dh, pre, out=spare), gate)
+    return dh.mul_(act(name, gate)), spare

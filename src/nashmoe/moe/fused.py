@@ -322,7 +322,8 @@ def merge_and_apply(
     index: Tensor | None = None,
     base_coeff: Tensor | None = None,
     tile_hidden: bool | None = None,
-) -> Tensor:
+    direction: Tensor | None = None,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Apply the merged expert ``B + Σ_i coeff[u, i] V_i`` of every unit to its tokens.
 
     Args:
@@ -352,14 +353,29 @@ def merge_and_apply(
             None (default): wherever it applies, i.e. dense merges (no ``index``) computed in
             float32/float64 whose merged weights are not kept. True where it does not apply
             is an error.
+        direction: ``[N]`` weights a (no gradient): also return ``Σ_i a_i (V_i − B)`` per
+            tensor, NAMEx's propagation direction with ``V = E`` the raw experts (needs a
+            base). On the tiled path it is formed from the tiles the merge reads anyway and its
+            gradient, ``a_i g`` for ``V_i`` and ``−(Σ_i a_i) g`` for B, is added to the merge's
+            own gradient tiles (no separate N·P pass or sum); elsewhere it is a plain
+            expression.
 
     Returns:
-        ``[U, T, d]``. Under autocast the computation runs in the autocast dtype; the base,
-        vectors and coefficients keep their own dtype and their gradients, summed over chunks of
-        units, accumulate in float32 at least.
+        ``[U, T, d]``, or ``(out, {name: direction})`` with ``direction``. Under autocast the
+        computation runs in the autocast dtype; the base, vectors and coefficients keep their
+        own dtype and their gradients, summed over chunks of units, accumulate in float32 at
+        least.
     """
     if base_coeff is not None and base is None:
         raise ValueError("base_coeff scales the base: it needs a base")
+    if direction is not None:
+        if base is None:
+            raise ValueError("direction is Σ_i a_i (V_i − B): it needs a base")
+        first = next(iter(vectors.values()))
+        if direction.shape != (first.shape[0],):
+            raise ValueError(
+                f"direction must have shape [N] = [{first.shape[0]}], got {tuple(direction.shape)}"
+            )
     names = list(vectors)
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -390,7 +406,28 @@ def merge_and_apply(
                 activation=activation,
                 max_chunk_bytes=max_chunk_bytes,
                 base_coeff=base_coeff,
+                direction=direction,
             )
+    if direction is not None:
+        out = merge_and_apply(
+            x,
+            coeff,
+            base,
+            vectors,
+            activation=activation,
+            max_chunk_bytes=max_chunk_bytes,
+            keep_merged_bytes=keep_merged_bytes,
+            index=index,
+            base_coeff=base_coeff,
+            tile_hidden=tile_hidden,
+        )
+        a = direction.detach()
+        delta = {
+            n: (a.to(v.dtype) @ v.reshape(v.shape[0], -1)).view(v.shape[1:])
+            - a.sum().to(base[n].dtype) * base[n]
+            for n, v in vectors.items()
+        }
+        return out, delta
     if max_chunk_bytes is None:
         max_chunk_bytes = _MAX_CHUNK_BYTES
     if keep and device != "cpu":  # memory allows: one merge product for all units

@@ -17,6 +17,7 @@ with τ_i = E_i − E_m. α depends on parameters only, so one solve per layer s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_
 from nashmoe.moe.state import PropagationState
 
 if TYPE_CHECKING:  # the chain module sits above the layer and imports it
+    from collections.abc import Callable
+
     from nashmoe.moe.chain import PropagationChain
 
 __all__ = ["MoEFeedForward", "SegmentCache", "set_bargaining_stats"]
@@ -61,6 +64,9 @@ class _ParameterPart:
     # and the merge is E_m + Σ_j c_j (E_j − E_m) = (1 − Σ_j c_j) E_m + Σ_j c_j E_j (no N·P τ,
     # no pass over them forward and backward)
     raw: bool = False
+    # NAMEx with the direction computed by the merge: finish(delta) sets next_state (and is
+    # then cleared); None once next_state is final
+    finish: Callable[[dict[str, Tensor]], None] | None = None
 
 
 @dataclass
@@ -309,7 +315,10 @@ class MoEFeedForward(nn.Module):
             out, aux = self._forward_topk(x, attention_mask)
             aux.state = state
         else:
-            part = self._parameter_part(state, reuse_solve=recompute)
+            merges = x.shape[0] > 0 and x.shape[1] > 0 and cache is None
+            part = self._parameter_part(
+                state, reuse_solve=recompute, defer_direction=merges and _fusable()
+            )
             if x.shape[0] == 0 or x.shape[1] == 0:  # no routing unit: nothing to merge
                 out, aux = self._forward_empty(x, part)
             elif cache is not None:
@@ -480,8 +489,21 @@ class MoEFeedForward(nn.Module):
                 activation=cfg.activation,
                 index=index,
                 base_coeff=1 - coeff.sum(dim=-1) if part.raw else None,
+                direction=None if part.finish is None else part.alpha,
             )
+            if part.finish is not None:
+                out, delta = out
+                part.finish(delta)
+                part.finish = None
             out = out.reshape(b, -1, d)[:, :s]
+        if part.finish is not None:  # not merged by merge_and_apply: the direction by itself
+            part.finish(
+                {
+                    name: _DomainSum.apply(part.alpha, None, e, part.base[name])
+                    for name, e in part.vectors.items()
+                }
+            )
+            part.finish = None
         assignments = flat_scores.argmax(dim=-1, keepdim=True) if index is None else index
         aux = self._losses(logits, flat_scores, assignments)
         self._fill_aux(aux, part)
@@ -514,7 +536,10 @@ class MoEFeedForward(nn.Module):
 
     # ------------------------------------------------------------------ parameter part
     def _parameter_part(
-        self, incoming: PropagationState | None, reuse_solve: bool = False
+        self,
+        incoming: PropagationState | None,
+        reuse_solve: bool = False,
+        defer_direction: bool = False,
     ) -> _ParameterPart:
         cfg = self.config
         if cfg.propagates:
@@ -535,7 +560,7 @@ class MoEFeedForward(nn.Module):
             and not torch.compiler.is_compiling()  # the key reads version counters
         )
         if not use_cache:
-            return self._compute_parameter_part(incoming, reuse_solve)
+            return self._compute_parameter_part(incoming, reuse_solve, defer_direction)
         key = (
             parameter_key(self, exclude_buffers=("alpha_prev",)),
             None if incoming is None else incoming.key,
@@ -575,7 +600,10 @@ class MoEFeedForward(nn.Module):
         )
 
     def _compute_parameter_part(
-        self, incoming: PropagationState | None, reuse_solve: bool = False
+        self,
+        incoming: PropagationState | None,
+        reuse_solve: bool = False,
+        defer_direction: bool = False,
     ) -> _ParameterPart:
         cfg = self.config
         experts = self.expert_tensors()  # {name: [N, *shape]}
@@ -623,9 +651,16 @@ class MoEFeedForward(nn.Module):
             and not cfg.differentiable_alpha
             and cfg.step_norm != "mean"
         )
+        solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
+        reuse = solve and reuse_solve and self._solve_record is not None
+        reuse = reuse and not cfg.differentiable_alpha
         if nash_raw:
-            with torch.no_grad():
-                tau = {name: e - base[name] for name, e in experts.items()}
+            # τ only where a Gram matrix is formed (a solve) or the diagnostics read it
+            tau = None
+            gram_here = solve and not reuse and not skip
+            if self.bargaining_stats or (gram_here and not _chunked_gram(experts)):
+                with torch.no_grad():
+                    tau = {name: e - base[name] for name, e in experts.items()}
             raw = True
         else:
             tau = {name: e - base[name] for name, e in experts.items()}
@@ -652,32 +687,60 @@ class MoEFeedForward(nn.Module):
                 part.bargaining = propagation_stats(curved, None, None, step, base, cfg.gamma)
             return part
         players = tau if cfg.bargain_on == "tau" else curved
-        solve = layer_index == 0 if cfg.nash_every is None else layer_index % cfg.nash_every == 0
-        if (
-            solve
-            and reuse_solve
-            and self._solve_record is not None
-            and not cfg.differentiable_alpha
-        ):
+        if reuse:
             part.alpha, part.residual, part.status = self._solve_record  # recomputation: same α
             part.solved = True
         elif solve:
-            self._bargain(players, part)
+            if players is None:  # nash_raw on the CPU: the Gram matrix without τ
+                self._bargain(None, part, gram=_difference_gram(experts, base))
+            else:
+                self._bargain(players, part)
             self._solve_record = (part.alpha.detach(), part.residual, part.status)
         elif incoming is None or incoming.alpha is None:
             raise ValueError("no Nash weights to reuse: the previous MoE layer did not pass α")
         else:
             part.alpha = incoming.alpha
-        if nash_raw:  # Σ α_i (E_i − E_m) from the detached τ, gradients to E_i and E_m
+        if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
+            part.next_state = None  # no step taken: no diagnostics of it
+            return part
+        finish = functools.partial(
+            self._propagate, part, incoming=incoming, base=base, players=players
+        )
+        finish = functools.partial(finish, layer_index=layer_index)
+        if nash_raw and defer_direction and players is None and not self.bargaining_stats:
+            # the merge computes Σ α_i (E_i − E_m) with its tiles (merge_and_apply(direction=)):
+            # no separate pass over the experts, and their gradient from the step is added
+            # in the merge's backward pass; _forward_merged calls finish with it
+            part.finish = finish
+            return part
+        if nash_raw:  # Σ α_i (E_i − E_m) (from the detached τ if formed), gradients to E, E_m
             delta = {
-                name: _DomainSum.apply(part.alpha, p, experts[name], base[name])
-                for name, p in players.items()
+                name: _DomainSum.apply(
+                    part.alpha, None if players is None else players[name], e, base[name]
+                )
+                for name, e in experts.items()
             }
         else:
             delta = {
                 name: (part.alpha.to(p.dtype) @ p.reshape(p.shape[0], -1)).view(p.shape[1:])
                 for name, p in players.items()
             }
+        finish(delta)
+        return part
+
+    def _propagate(
+        self,
+        part: _ParameterPart,
+        delta: dict[str, Tensor],
+        *,
+        incoming: PropagationState | None,
+        base: dict[str, Tensor],
+        players: dict[str, Tensor] | None,
+        layer_index: int,
+    ) -> None:
+        """The propagation step from the direction ``delta = Σ_i α_i τ_i``: the step length,
+        complex momentum, the next base ``E_m + γ step`` and ``part.next_state``."""
+        cfg = self.config
         direction = delta
         if cfg.step_norm == "mean":
             target = _norm({name: p.mean(dim=0) for name, p in players.items()})
@@ -689,8 +752,12 @@ class MoEFeedForward(nn.Module):
             if incoming is not None and incoming.momentum_re is not None:
                 a, b = r * math.cos(phi), r * math.sin(phi)
                 prev_re, prev_im = incoming.momentum_re, incoming.momentum_im
-                mom_re = {n: a * prev_re[n] - b * prev_im[n] + delta[n] for n in delta}
-                mom_im = {n: b * prev_re[n] + a * prev_im[n] for n in delta}
+                # μ ← (a + ib) μ + Δ, two fused multiply-adds per part (P-sized passes)
+                mom_re = {
+                    n: torch.add(delta[n], prev_re[n], alpha=a).sub_(prev_im[n], alpha=b)
+                    for n in delta
+                }
+                mom_im = {n: torch.mul(prev_re[n], b).add_(prev_im[n], alpha=a) for n in delta}
             else:  # μ starts at 0 at the first MoE layer of every forward pass
                 mom_re = delta
                 mom_im = {n: torch.zeros_like(dl) for n, dl in delta.items()}
@@ -701,9 +768,6 @@ class MoEFeedForward(nn.Module):
             status, residual = part.status, part.residual
         else:
             status, residual = incoming.status, incoming.residual
-        if self.last_in_chain:  # α was needed by the merge line only (merge_weights)
-            part.next_state = None  # no step taken: no diagnostics of it
-            return part
         if self.bargaining_stats:
             part.bargaining = propagation_stats(
                 players, part.alpha, direction, step, base, cfg.gamma
@@ -717,7 +781,6 @@ class MoEFeedForward(nn.Module):
             residual=residual,
             layer=layer_index + 1,
         )
-        return part
 
     def _ep_step(self, mean: dict[str, Tensor]) -> dict[str, Tensor]:
         """EP-CAMEx's step: the mean m of the domain vectors, or with ``step_norm="nash"`` the
@@ -729,17 +792,14 @@ class MoEFeedForward(nn.Module):
         scale = math.sqrt(self.config.num_experts) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
         return {name: m * scale for name, m in mean.items()}
 
-    def _bargain(self, players: dict[str, Tensor], part: _ParameterPart) -> None:
-        """Solve the Nash bargaining problem among the experts' domain vectors (warm-started)."""
+    def _bargain(
+        self, players: dict[str, Tensor] | None, part: _ParameterPart, gram: Tensor | None = None
+    ) -> None:
+        """Solve the Nash bargaining problem among the experts' domain vectors (warm-started);
+        ``gram``: their Gram matrix, given instead of ``players``."""
         cfg = self.config
-        with torch.autocast(next(iter(players.values())).device.type, enabled=False):
-            gram = None
-            for p in players.values():
-                v = p.reshape(p.shape[0], -1)
-                v = v if v.dtype in (torch.float32, torch.float64) else v.float()
-                if not cfg.differentiable_alpha:
-                    v = v.detach()
-                gram = v @ v.T if gram is None else gram + v @ v.T
+        if gram is None:
+            gram = self._gram(players)
         with torch.no_grad():
             default = gram.diagonal().detach().double().clamp_min(1e-300).rsqrt()
             init = torch.where(self.alpha_prev > 0, self.alpha_prev, default)
@@ -757,6 +817,19 @@ class MoEFeedForward(nn.Module):
         part.residual = solution.residual
         part.status = solution.status
         part.solved = True
+
+    def _gram(self, players: dict[str, Tensor]) -> Tensor:
+        """``G_ij = Σ_tensors <P_i, P_j>`` in float32 at least (detached unless α is
+        differentiable)."""
+        with torch.autocast(next(iter(players.values())).device.type, enabled=False):
+            gram = None
+            for p in players.values():
+                v = p.reshape(p.shape[0], -1)
+                v = v if v.dtype in (torch.float32, torch.float64) else v.float()
+                if not self.config.differentiable_alpha:
+                    v = v.detach()
+                gram = v @ v.T if gram is None else gram + v @ v.T
+        return gram
 
     # ------------------------------------------------------------------ incremental decoding
     def _forward_cached(
@@ -853,17 +926,22 @@ def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
 
 
 class _DomainSum(torch.autograd.Function):
-    """``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m`` given detached: the forward reads τ once (no
-    N·P subtraction under autograd) and the backward is analytic, ``dE_i = α_i g`` and
+    """``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m``, from τ given detached (formed for the Gram
+    matrix) or, with ``tau=None``, as ``Σ_i α_i E_i − (Σ_i α_i) E_m`` (no N·P τ at all): the
+    forward reads N·P numbers once and the backward is analytic, ``dE_i = α_i g`` and
     ``dE_m = −(Σ_i α_i) g`` (no N·P negation and sum); α gets no gradient (it is solved from a
     detached Gram matrix)."""
 
     @staticmethod
     def forward(ctx, alpha, tau, experts, base):  # type: ignore[override]
-        a = alpha.to(tau.dtype)
+        src = experts if tau is None else tau
+        a = alpha.to(src.dtype)
         ctx.save_for_backward(a)
         ctx.expert_dtype, ctx.base_dtype = experts.dtype, base.dtype
-        return (a @ tau.reshape(tau.shape[0], -1)).view(tau.shape[1:])
+        out = (a @ src.reshape(src.shape[0], -1)).view(src.shape[1:])
+        if tau is None:
+            out.addcmul_(base.to(out.dtype), a.sum(), value=-1)
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -900,6 +978,45 @@ def _solve_nash(
     return NashSolution(alpha=alpha, residual=residual, iterations=iterations, status=status)
 
 
+# Columns per chunk of the Gram matrix of E_i − E_m: [N, 16384] float32 is 512 KiB per chunk
+# (it stays in L2 between the subtraction and its product).
+_GRAM_CHUNK = 16384
+
+
+def _fusable() -> bool:
+    """Whether NAMEx's direction may be left to the merge (``merge_and_apply(direction=)``):
+    in eager mode (under ``torch.compile`` the layer keeps one plain graph)."""
+    return not torch.compiler.is_compiling()
+
+
+def _chunked_gram(experts: dict[str, Tensor]) -> bool:
+    """Whether :func:`_difference_gram` is used: eager CPU (under ``torch.compile`` its loop
+    would unroll; off the CPU one subtraction and one product are as fast)."""
+    first = next(iter(experts.values()))
+    return first.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _difference_gram(experts: dict[str, Tensor], base: dict[str, Tensor]) -> Tensor:
+    """``G_ij = Σ_tensors <E_i − E_m, E_j − E_m>`` (detached, float32 at least) in chunks of
+    columns, so the N·P differences τ are never written out: one read of the experts."""
+    with torch.no_grad():
+        gram = None
+        for name, e in experts.items():
+            v = e.reshape(e.shape[0], -1)
+            b = base[name].reshape(-1)
+            dtype = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float32
+            if gram is None:
+                gram = torch.zeros(v.shape[0], v.shape[0], dtype=dtype, device=v.device)
+            width = v.shape[1]
+            buf = torch.empty(v.shape[0], min(_GRAM_CHUNK, width), dtype=dtype, device=v.device)
+            for s in range(0, width, _GRAM_CHUNK):
+                w = min(_GRAM_CHUNK, width - s)
+                t = buf[:, :w]
+                torch.sub(v[:, s : s + w].to(dtype), b[s : s + w].to(dtype), out=t)
+                gram.addmm_(t, t.T)
+    return gram
+
+
 def _in_backward() -> bool:
     """Whether autograd is running a backward pass on this thread: activation checkpointing
     (reentrant or not) recomputes a layer's forward there."""
@@ -915,7 +1032,8 @@ def _at_least_float32(x: Tensor) -> Tensor:
 
 
 def _axpy(x: dict[str, Tensor], a: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: x[name] + a * y[name] for name in x}
+    """``x + a y`` per tensor, one fused pass each."""
+    return {name: torch.add(x[name], y[name], alpha=a) for name in x}
 
 
 def _norm(tensors: dict[str, Tensor]) -> Tensor:

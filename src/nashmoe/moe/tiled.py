@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nashmoe.moe._activation import act, act_into, hidden_backward
+from nashmoe.moe._activation import act_into, hidden_backward_
 
 __all__ = ["MIN_TILE_ROWS", "TILE_BYTES", "plan_tiles", "tiled_merge_and_apply"]
 
@@ -74,11 +74,34 @@ def _tiles(units: int, hidden: int, chunk: int, rows: int, length: int):
             offset += (e - s) * length * (f1 - f0)
 
 
-def _stack(vectors: Tensor, base: Tensor | None) -> Tensor:
-    """``[V; B]`` (one copy; none without a base)."""
-    if base is None:
-        return vectors
-    return torch.cat([vectors, base[None]])
+class _Scratch:
+    """Buffers reused by every tile of one call, one allocation per kind instead of one per
+    tile: a fresh multi-MiB tensor per product measured ~25 % slower merges here (the
+    allocator returns such blocks to the system and the next one page-faults again)."""
+
+    def __init__(self, like: Tensor):
+        self.like = like
+        self.buffers: dict[str, Tensor] = {}
+
+    def take(self, key: str, *shape: int) -> Tensor:
+        numel = 1
+        for n in shape:
+            numel *= n
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[key] = self.like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+
+def _merge_rows(c: Tensor, vectors: Tensor, base: Tensor | None, out: Tensor) -> Tensor:
+    """``out = c [V; B]`` for a tile of rows: ``vectors [N, m]`` (a view), ``base [m]`` or
+    None; the base enters as a rank-1 update of the (cache-resident) product, so ``[V; B]``
+    is never copied (a concatenation of all of V measured several times slower)."""
+    n = vectors.shape[0]
+    torch.mm(c[:, :n], vectors, out=out)
+    if base is not None:
+        out.addr_(c[:, n], base)
+    return out
 
 
 def _out_tile(vectors: Tensor, base: Tensor | None, f0: int, f1: int, buf: Tensor) -> Tensor:
@@ -93,6 +116,12 @@ def _out_tile(vectors: Tensor, base: Tensor | None, f0: int, f1: int, buf: Tenso
     return tile.view(k, -1)
 
 
+def _flat(pair: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
+    """A tile's ``(V [N, ...], B [...] or None)`` as ``([N, m], [m] or None)``."""
+    v, b = pair
+    return v.reshape(v.shape[0], -1), None if b is None else b.reshape(-1)
+
+
 def _extended(c: Tensor, beta: Tensor | None, has_base: bool) -> Tensor:
     """``[c | 1]`` (``B + c V = [c | 1] [V; B]``), ``[c | beta]`` (``beta B + c V``) or c."""
     if not has_base:
@@ -103,19 +132,37 @@ def _extended(c: Tensor, beta: Tensor | None, has_base: bool) -> Tensor:
 
 class _TiledMergeAndApply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, coeff, beta, activation, names, chunk, rows, *operands):  # type: ignore[override]
+    def forward(ctx, x, coeff, beta, direction, activation, names, chunk, rows, *operands):  # type: ignore[override]
         count = len(names)
         dtype = x.dtype
         base_in, vectors_in = operands[:count], operands[count:]
         has_base = base_in[0] is not None
         base = {n: None if b is None else b.to(dtype) for n, b in zip(names, base_in)}
         vectors = {n: v.to(dtype) for n, v in zip(names, vectors_in)}
-        ops = {n: _stack(vectors[n], base[n]) for n in names if n != "w_out"}
         c = _extended(coeff.to(dtype), beta, has_base)
         units, length, d = x.shape
-        hidden = ops["w_in"].shape[1]
-        glu = "w_gate" in ops
+        hidden = vectors["w_in"].shape[1]
+        glu = "w_gate" in vectors
         k = c.shape[1]
+        has_dir = direction is not None
+        if has_dir:  # [a | −Σ a]: Σ_i a_i (V_i − B) as one more row of the merge
+            a = direction.to(dtype)
+            dir_row = torch.cat([a, -a.sum()[None]])[None]
+            delta = {n: x.new_empty(vectors[n].shape[1:]) for n in names}
+
+        scratch = _Scratch(x)
+
+        def merged(name: str, f0: int, f1: int, cs: Tensor) -> Tensor:  # merged rows f0:f1
+            v, b = vectors[name], base[name]
+            n = v.shape[0]
+            v = v[:, f0:f1].reshape(n, -1)
+            return _merge_rows(
+                cs,
+                v,
+                None if b is None else b[f0:f1].reshape(-1),
+                scratch.take(name, cs.shape[0], v.shape[1]),
+            )
+
         pre = x.new_empty(units * length * hidden)
         gate = x.new_empty(units * length * hidden) if glu else None
         h = x.new_empty(units * length * hidden)
@@ -127,50 +174,66 @@ class _TiledMergeAndApply(torch.autograd.Function):
             n_act = u * length * r
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
-            w_in = (cs @ ops["w_in"][:, f0:f1].reshape(k, -1)).view(u, r, d)
+            if has_dir and s == 0:  # the direction's rows f0:f1 (of the tensors tiled by rows)
+                for n in names:
+                    if n not in ("w_out", "b_out"):
+                        _merge_rows(
+                            dir_row,
+                            vectors[n][:, f0:f1].reshape(vectors[n].shape[0], -1),
+                            base[n][f0:f1].reshape(-1),
+                            delta[n][f0:f1].view(1, -1),
+                        )
+            w_in = merged("w_in", f0, f1, cs).view(u, r, d)
             torch.bmm(xs, w_in.transpose(1, 2), out=pre_b)
-            if "b_in" in ops:
-                pre_b.add_((cs @ ops["b_in"][:, f0:f1])[:, None])
+            if "b_in" in vectors:
+                pre_b.add_(merged("b_in", f0, f1, cs)[:, None])
             if glu:
-                w_gate = (cs @ ops["w_gate"][:, f0:f1].reshape(k, -1)).view(u, r, d)
+                w_gate = merged("w_gate", f0, f1, cs).view(u, r, d)
                 gate_b = gate[off : off + n_act].view(u, length, r)
                 torch.bmm(xs, w_gate.transpose(1, 2), out=gate_b)
-                torch.mul(act(activation, gate_b), pre_b, out=h_b)
+                act_into(activation, gate_b, h_b).mul_(pre_b)
             else:
                 act_into(activation, pre_b, h_b)
             out_tile = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
-            w_out = (cs @ out_tile).view(u, d, r)
+            w_out = torch.mm(cs, out_tile, out=scratch.take("w_out", u, d * r)).view(u, d, r)
+            if has_dir and s == 0:
+                delta["w_out"][:, f0:f1].copy_((dir_row @ out_tile).view(d, r))
             if f0 == 0:
                 torch.bmm(h_b, w_out.transpose(1, 2), out=ys)
             else:
                 ys.baddbmm_(h_b, w_out.transpose(1, 2))
-        if "b_out" in ops:
-            y.add_((c @ ops["b_out"])[:, None])
+        if "b_out" in vectors:
+            y.add_(merged("b_out", 0, d, c)[:, None])
+            if has_dir:
+                _merge_rows(dir_row, vectors["b_out"], base["b_out"], delta["b_out"].view(1, -1))
         ctx.activation, ctx.names, ctx.chunk, ctx.rows = activation, names, chunk, rows
-        ctx.has_base, ctx.has_beta = has_base, beta is not None
+        ctx.has_base, ctx.has_beta, ctx.has_dir = has_base, beta is not None, has_dir
         saved = [x, coeff, beta if beta is not None else pre, pre, gate if glu else pre, h]
         saved += [b if b is not None else pre for b in base_in]
         saved += list(vectors_in)
+        saved += [dir_row if has_dir else pre]
         ctx.save_for_backward(*saved)
-        return y
+        if not has_dir:
+            return y
+        return (y, *(delta[n].to(v.dtype) for n, v in zip(names, vectors_in)))
 
     @staticmethod
-    def backward(ctx, grad_y):  # type: ignore[override]
+    def backward(ctx, grad_y, *grad_delta):  # type: ignore[override]
         names, count = ctx.names, len(ctx.names)
         saved = ctx.saved_tensors
         x, coeff_in, beta_in, pre, gate, h = saved[:6]
         beta_in = beta_in if ctx.has_beta else None
         base_in = saved[6 : 6 + count] if ctx.has_base else [None] * count
         vectors_in = saved[6 + count : 6 + 2 * count]
+        dir_row = saved[-1][0] if ctx.has_dir else None  # [K]: [a | −Σ a]
         dtype = x.dtype
         base = {n: None if b is None else b.to(dtype) for n, b in zip(names, base_in)}
         vectors = {n: v.to(dtype) for n, v in zip(names, vectors_in)}
-        ops = {n: _stack(vectors[n], base[n]) for n in names if n != "w_out"}
         n_vec = vectors_in[0].shape[0]
         c = _extended(coeff_in.to(dtype), beta_in, ctx.has_base)
         units, length, d = x.shape
-        hidden = ops["w_in"].shape[1]
-        glu = "w_gate" in ops
+        hidden = vectors["w_in"].shape[1]
+        glu = "w_gate" in vectors
         k = c.shape[1]
         activation = ctx.activation
         grad_y = grad_y.to(dtype).contiguous()
@@ -180,28 +243,48 @@ class _TiledMergeAndApply(torch.autograd.Function):
         # [K', U] (K' = N, or N + 1 for beta's row): products V gᵀ
         n_c = n_vec + need_beta
         grad_c_t = x.new_zeros(n_c, units) if need_coeff or need_beta else None
-        grad_ops = {n: torch.zeros_like(t) for n, t in ops.items()}
-        grad_out = x.new_zeros(k, d, hidden)  # w_out's [V; B] gradient, its own layout
+        # written by the first unit chunk of every tile (beta=0), so allocated uninitialised
+        grad_ops = {n: x.new_empty(k, *vectors[n].shape[1:]) for n in names if n != "w_out"}
+        grad_out = x.new_empty(k, d, hidden)  # w_out's [V; B] gradient, its own layout
         buf = x.new_empty(k * d * min(ctx.rows, hidden))
+        scratch = _Scratch(x)
+        # the direction's gradient g: a_i g to V_i and −(Σ a) g to B, added to the first unit
+        # chunk's gradient tiles while they are in cache
+        gd = {n: g.to(dtype) for n, g in zip(names, grad_delta)} if ctx.has_dir else None
         for s, e, f0, f1, off in _tiles(units, hidden, ctx.chunk, ctx.rows, length):
             u, r = e - s, f1 - f0
+            first = s == 0  # the first unit chunk writes the vectors' gradient tile
             cs, xs, dy = c[s:e], x[s:e], grad_y[s:e]
             n_act = u * length * r
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
-            tile = {n: t[:, f0:f1].reshape(k, -1) for n, t in ops.items() if n != "b_out"}
-            tile["w_out"] = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
-            w_in = (cs @ tile["w_in"]).view(u, r, d)
-            w_out = (cs @ tile["w_out"]).view(u, d, r)
-            grads = {"w_out": torch.bmm(dy.transpose(1, 2), h_b)}  # [u, d, r]
-            dh = torch.bmm(dy, w_out)
+            # (V tile [N, m], B tile [m] or None) per tensor; w_out's as a contiguous copy
+            tile = {
+                n: (v[:, f0:f1].reshape(n_vec, -1), None if base[n] is None else base[n][f0:f1])
+                for n, v in vectors.items()
+                if n not in ("w_out", "b_out")
+            }
+            out_tile = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
+            tile["w_out"] = (out_tile[:n_vec], out_tile[n_vec] if ctx.has_base else None)
+            w_in = _merge_rows(cs, *_flat(tile["w_in"]), scratch.take("w_in", u, r * d))
+            w_in = w_in.view(u, r, d)
+            w_out = torch.mm(cs, out_tile, out=scratch.take("w_out", u, d * r)).view(u, d, r)
+            grads = {
+                "w_out": torch.bmm(dy.transpose(1, 2), h_b, out=scratch.take("g_w_out", u, d, r))
+            }
+            dh = torch.bmm(dy, w_out, out=scratch.take("dh", u, length, r))
             gate_b = gate[off : off + n_act].view(u, length, r) if glu else None
-            dpre, dgate = hidden_backward(activation, dh, pre_b, gate_b)
+            spare = scratch.take("dgate", u, length, r) if glu else None
+            dpre, dgate = hidden_backward_(activation, dh, pre_b, gate_b, spare)
             if glu:
-                w_gate = (cs @ tile["w_gate"]).view(u, r, d)
-                grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
-            grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
-            if "b_in" in ops:
+                w_gate = _merge_rows(
+                    cs, *_flat(tile["w_gate"]), scratch.take("w_gate", u, r * d)
+                ).view(u, r, d)
+                grads["w_gate"] = torch.bmm(
+                    dgate.transpose(1, 2), xs, out=scratch.take("g_w_gate", u, r, d)
+                )
+            grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs, out=scratch.take("g_w_in", u, r, d))
+            if "b_in" in vectors:
                 grads["b_in"] = dpre.sum(dim=1)
             if need_x:
                 dx = grad_x[s:e]
@@ -214,16 +297,32 @@ class _TiledMergeAndApply(torch.autograd.Function):
             for n, g in grads.items():
                 g = g.reshape(u, -1)
                 if grad_c_t is not None:  # V gᵀ: measured faster than g Vᵀ for these shapes
-                    grad_c_t[:, s:e].addmm_(tile[n][:n_c], g.T)
-                if n == "w_out":  # columns f0:f1 of [K, d, f]: a product, then a strided add
-                    grad_out[:, :, f0:f1] += (cs.T @ g).view(k, d, r)
+                    v_tile, b_tile = _flat(tile[n])
+                    grad_c_t[:n_vec, s:e].addmm_(v_tile, g.T)
+                    if need_beta:
+                        grad_c_t[n_vec, s:e].addmv_(g, b_tile)
+                if n == "w_out":  # columns f0:f1 of [K, d, f]: a product, then a strided copy
+                    prod = torch.mm(cs.T, g, out=scratch.take("g_out", k, d * r))
+                    if first and gd is not None:
+                        prod.addr_(dir_row, gd[n][:, f0:f1].reshape(-1))
+                    if first:
+                        grad_out[:, :, f0:f1].copy_(prod.view(k, d, r))
+                    else:
+                        grad_out[:, :, f0:f1] += prod.view(k, d, r)
                 else:
-                    grad_ops[n][:, f0:f1].reshape(k, -1).addmm_(cs.T, g)
-        if "b_out" in ops:
+                    tile_grad = grad_ops[n][:, f0:f1].reshape(k, -1)
+                    tile_grad.addmm_(cs.T, g, beta=0 if first else 1)
+                    if first and gd is not None:
+                        tile_grad.addr_(dir_row, gd[n][f0:f1].reshape(-1))
+        if "b_out" in vectors:
             db_out = grad_y.sum(dim=1)  # [U, d]
             if grad_c_t is not None:
-                grad_c_t.addmm_(ops["b_out"][:n_c], db_out.T)
-            grad_ops["b_out"].addmm_(c.T, db_out)
+                grad_c_t[:n_vec].addmm_(vectors["b_out"], db_out.T)
+                if need_beta:
+                    grad_c_t[n_vec].addmv_(db_out, base["b_out"])
+            grad_ops["b_out"].addmm_(c.T, db_out, beta=0)
+            if gd is not None:
+                grad_ops["b_out"].addr_(dir_row, gd["b_out"])
         grad_ops["w_out"] = grad_out
         grad_vec, grad_base = [], []
         for n, b, v in zip(names, base_in, vectors_in):
@@ -235,7 +334,8 @@ class _TiledMergeAndApply(torch.autograd.Function):
             grad_coeff = grad_c_t[:n_vec].T.to(coeff_in.dtype)
         if need_beta:
             grad_beta = grad_c_t[n_vec].to(beta_in.dtype)
-        return (grad_x, grad_coeff, grad_beta, None, None, None, None, *grad_base, *grad_vec)
+        grads_in = (grad_x, grad_coeff, grad_beta, None, None, None, None, None)
+        return (*grads_in, *grad_base, *grad_vec)
 
 
 def tiled_merge_and_apply(
@@ -247,7 +347,8 @@ def tiled_merge_and_apply(
     activation: str,
     max_chunk_bytes: int | None = None,
     base_coeff: Tensor | None = None,
-) -> Tensor:
+    direction: Tensor | None = None,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """``merge_and_apply`` for dense merges, tiled over the hidden dimension (module docstring).
 
     Args:
@@ -261,6 +362,9 @@ def tiled_merge_and_apply(
         base_coeff: ``[U]``: the base is scaled per unit, ``base_coeff[u] B + Σ_i coeff[u, i]
             V_i`` (with ``V = E``, the raw experts, and ``1 − Σ_i coeff[u, i]``, this is
             ``B + Σ_i coeff (E_i − B)`` without the N domain vectors).
+        direction: ``[N]`` weights a (detached; needs a base): also return
+            ``{name: Σ_i a_i (V_i − B)}``, formed from each tile as one more merge row; its
+            gradient is added to the merge's gradient tiles in the backward pass.
     """
     names = tuple(vectors)
     if "w_in" not in vectors or "w_out" not in vectors:
@@ -274,7 +378,22 @@ def tiled_merge_and_apply(
     per_row = d * (3 if "w_gate" in vectors else 2) + ("b_in" in vectors)
     budget = TILE_BYTES if max_chunk_bytes is None else max_chunk_bytes
     chunk, rows = plan_tiles(units, hidden, per_row * x.element_size(), budget)
+    if direction is not None and base is None:
+        raise ValueError("direction is Σ_i a_i (V_i − B): it needs a base")
     bases = [None if base is None else base[n] for n in names]
-    return _TiledMergeAndApply.apply(
-        x, coeff, base_coeff, activation, names, chunk, rows, *bases, *(vectors[n] for n in names)
+    direction = None if direction is None else direction.detach()
+    out = _TiledMergeAndApply.apply(
+        x,
+        coeff,
+        base_coeff,
+        direction,
+        activation,
+        names,
+        chunk,
+        rows,
+        *bases,
+        *(vectors[n] for n in names),
     )
+    if direction is None:
+        return out
+    return out[0], dict(zip(names, out[1:]))
