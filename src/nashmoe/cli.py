@@ -65,7 +65,13 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nashmoe`` console script."""
+    """Entry point of the ``nashmoe`` console script.
+
+    Run as a program (``argv`` None) inside a multi-process ``torchrun`` job, a command that
+    returns ends the process itself, without interpreter finalisation
+    (:func:`nashmoe.train.distributed.exit_worker`).
+    """
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):
@@ -88,7 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
         warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+    if from_command_line and "torch.distributed" in sys.modules:
+        # a torchrun worker: end without interpreter finalisation (see exit_worker)
+        from nashmoe.train.distributed import exit_worker
+
+        exit_worker(code)
+    return code
 
 
 def _one_line_error(parser: argparse.ArgumentParser):

@@ -62,6 +62,7 @@ def main(method: str, out: str) -> None:
 
     from nashmoe.train.distributed import (
         average_gradients,
+        exit_worker,
         init_distributed,
         shutdown_distributed,
         wrap_model,
@@ -94,6 +95,7 @@ def main(method: str, out: str) -> None:
     if ctx.is_main:
         torch.save({"losses": losses, "state": state}, out)
     shutdown_distributed(ctx)
+    exit_worker(0)  # as the nashmoe command does: no interpreter finalisation
 
 
 if __name__ == "__main__":

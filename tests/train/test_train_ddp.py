@@ -57,3 +57,20 @@ def test_two_processes_match_one(tmp_path, full_corpus, method, strategy):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert load_checkpoint(tmp_path / "ddp").state["world_size"] == 2
+
+
+def test_exit_worker_flushes_and_exits_only_in_a_multi_process_job():
+    """exit_worker: in a torchrun job (WORLD_SIZE > 1) the process ends with the given code and
+    its buffered output written; elsewhere it returns."""
+    code = (
+        "import sys; from nashmoe.train.distributed import exit_worker\n"
+        "print('written', end=''); sys.stderr.write('err')\n"
+        "exit_worker(3)\n"
+        "print(' and returned', end='')\n"
+    )
+    for world, rc, out in (("2", 3, "written"), ("1", 0, "written and returned")):
+        env = {**os.environ, "WORLD_SIZE": world}
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert (proc.returncode, proc.stdout, proc.stderr) == (rc, out, "err")
