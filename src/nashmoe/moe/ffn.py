@@ -186,7 +186,7 @@ def topk_ffn(
         xs = x[token].to(dtype)  # under autocast: the autocast dtype (no autocast rule for it)
         w = {name: t.to(dtype) for name, t in experts.items()}
         rows = _row_chunk(m * k, w["w_in"].shape[1], xs.element_size(), x.device.type)
-        parts = []
+        out = torch.zeros(m, d, dtype=dtype, device=x.device)
         for start in range(0, max(m * k, 1), rows):  # row ranges: offsets clamped, no host sync
             stop = min(m * k, start + rows)
             part_offs = offs if rows >= m * k else (offs - start).clamp(0, stop - start)
@@ -198,10 +198,9 @@ def topk_ffn(
             y = _grouped(_hidden(pre, gate, act), w["w_out"], part_offs)
             if "b_out" in w:
                 y = y + w["b_out"][idx]
-            parts.append(y)
-        y = parts[0] if len(parts) == 1 else torch.cat(parts)
-        y = y * weight.to(y.dtype)
-        return torch.zeros(m, d, dtype=y.dtype, device=x.device).index_add_(0, token, y)
+            # weighted and scattered range by range (no concatenation of the ranges)
+            out.index_add_(0, token[start:stop], y * weight[start:stop].to(y.dtype))
+        return out
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(m * k, device=x.device) - starts[sorted_expert]
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
