@@ -514,6 +514,29 @@ def test_difference_gram_equals_gram_of_tau(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("method", ["namex", "namex-full-mom"])
+def test_direction_in_parameter_precision_under_autocast(method, monkeypatch):
+    """Under bf16 autocast the propagation direction is formed in the parameters' float32,
+    whether the merge forms it (unit-chunked bf16 path: a plain expression) or _DomainSum does:
+    the next base is float32 and the two agree to float32 rounding."""
+    from nashmoe.moe import layer as layer_module
+
+    from .test_reference import make_stack
+
+    x = torch.randn(2, 12, 6, generator=torch.Generator().manual_seed(0))
+    bases = []
+    for fused in (True, False):
+        monkeypatch.setattr(layer_module, "_fusable", lambda fused=fused: fused)
+        layers = [layer.float() for layer in make_stack(method, num_layers=2)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, aux = layers[0](x, return_aux=True)
+        base = aux.state.base
+        assert all(t.dtype == torch.float32 for t in base.values())
+        bases.append(base)
+    for k in bases[0]:
+        torch.testing.assert_close(bases[0][k], bases[1][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["namex", "namex-full-mom"])
 def test_direction_left_to_the_merge_matches_the_separate_one(method, monkeypatch):
     """NAMEx's direction formed by the merge (merge_and_apply(direction=), the eager default)
     gives the same outputs, propagation and gradients as the separate _DomainSum path, and is

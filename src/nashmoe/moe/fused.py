@@ -422,11 +422,12 @@ def merge_and_apply(
             tile_hidden=tile_hidden,
         )
         a = direction.detach()
-        delta = {
-            n: (a.to(v.dtype) @ v.reshape(v.shape[0], -1)).view(v.shape[1:])
-            - a.sum().to(base[n].dtype) * base[n]
-            for n, v in vectors.items()
-        }
+        with torch.autocast(device, enabled=False):  # in the parameters' dtype, as the tiles
+            delta = {
+                n: (a.to(v.dtype) @ v.reshape(v.shape[0], -1)).view(v.shape[1:])
+                - a.sum().to(base[n].dtype) * base[n]
+                for n, v in vectors.items()
+            }
         return out, delta
     if max_chunk_bytes is None:
         max_chunk_bytes = _MAX_CHUNK_BYTES

@@ -927,7 +927,8 @@ def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
 
 class _DomainSum(torch.autograd.Function):
     """``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m``, from τ given detached (formed for the Gram
-    matrix) or, with ``tau=None``, as ``Σ_i α_i E_i − (Σ_i α_i) E_m`` (no N·P τ at all): the
+    matrix) or, with ``tau=None``, as ``Σ_i α_i E_i − (Σ_i α_i) E_m`` (no N·P τ at all), in the
+    parameters' dtype under autocast too (as the Gram matrix): the
     forward reads N·P numbers once and the backward is analytic, ``dE_i = α_i g`` and
     ``dE_m = −(Σ_i α_i) g`` (no N·P negation and sum); α gets no gradient (it is solved from a
     detached Gram matrix)."""
@@ -938,9 +939,10 @@ class _DomainSum(torch.autograd.Function):
         a = alpha.to(src.dtype)
         ctx.save_for_backward(a)
         ctx.expert_dtype, ctx.base_dtype = experts.dtype, base.dtype
-        out = (a @ src.reshape(src.shape[0], -1)).view(src.shape[1:])
-        if tau is None:
-            out.addcmul_(base.to(out.dtype), a.sum(), value=-1)
+        with torch.autocast(src.device.type, enabled=False):  # the parameters' dtype
+            out = (a @ src.reshape(src.shape[0], -1)).view(src.shape[1:])
+            if tau is None:
+                out.addcmul_(base.to(out.dtype), a.sum(), value=-1)
         return out
 
     @staticmethod
