@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", NashmoeWarning)  # shown, never turned into errors
         warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
         code = int(module.run(args) or 0)
-    if from_command_line and "torch.distributed" in sys.modules:
-        # a torchrun worker: end without interpreter finalisation (see exit_worker)
+    if from_command_line:  # in a torchrun worker: end without interpreter finalisation
         from nashmoe.train.distributed import exit_worker
 
         exit_worker(code)

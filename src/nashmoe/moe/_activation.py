@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["act", "act_backward", "act_into", "hidden_backward", "hidden_backward_"]
+__all__ = ["act", "act_backward_", "act_into", "hidden_backward_"]
 
 
 def act(name: str, x: Tensor) -> Tensor:
@@ -22,20 +22,8 @@ def act(name: str, x: Tensor) -> Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def act_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
-    if name == "gelu":
-        return torch.ops.aten.gelu_backward(grad, x)
-    if name == "gelu_tanh":
-        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
-    if name == "relu":
-        return grad * (x > 0).to(grad.dtype)
-    if name == "silu":
-        return torch.ops.aten.silu_backward(grad, x)
-    raise ValueError(f"unknown activation {name!r}")
-
-
 def act_backward_(name: str, grad: Tensor, x: Tensor) -> Tensor:
-    """:func:`act_backward` written into ``grad``."""
+    """The activation's backward, ``grad · act'(x)``, written into ``grad``."""
     if name == "gelu":
         return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=grad)
     if name == "gelu_tanh":
@@ -58,21 +46,13 @@ def act_into(name: str, x: Tensor, out: Tensor) -> Tensor:
     return torch.clamp_min(x, 0, out=out)  # relu
 
 
-def hidden_backward(
-    name: str, dh: Tensor, pre: Tensor, gate: Tensor | None
-) -> tuple[Tensor, Tensor | None]:
-    """Gradients of the pre-activation and the gate from ``dh``, the gradient of the hidden
-    activation ``h = act(pre)``, or ``h = act(gate) · pre`` with a GLU: ``(dpre, dgate)``."""
-    if gate is None:
-        return act_backward(name, dh, pre), None
-    return dh * act(name, gate), act_backward(name, dh * pre, gate)
-
-
 def hidden_backward_(
     name: str, dh: Tensor, pre: Tensor, gate: Tensor | None, spare: Tensor | None
 ) -> tuple[Tensor, Tensor | None]:
-    """:func:`hidden_backward` in place: ``dpre`` overwrites ``dh``; with a GLU, ``dgate`` is
-    written into ``spare`` (same shape)."""
+    """Gradients of the pre-activation and the gate from ``dh``, the gradient of the hidden
+    activation ``h = act(pre)``, or ``h = act(gate) · pre`` with a GLU: ``(dpre, dgate)``, in
+    place: ``dpre`` overwrites ``dh``; with a GLU, ``dgate`` is written into ``spare`` (same
+    shape)."""
     if gate is None:
         return act_backward_(name, dh, pre), None
     act_backward_(name, torch.mul(dh, pre, out=spare), gate)

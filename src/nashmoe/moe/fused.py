@@ -29,7 +29,7 @@ from torch import Tensor
 
 from nashmoe.moe._activation import act as _act
 from nashmoe.moe._activation import act_into as _act_into
-from nashmoe.moe._activation import hidden_backward
+from nashmoe.moe._activation import hidden_backward_
 from nashmoe.moe.tiled import tiled_merge_and_apply
 
 __all__ = ["merge_and_apply"]
@@ -250,7 +250,9 @@ class _MergeAndApply(torch.autograd.Function):
             if "b_out" in w:
                 grads["b_out"] = dy.sum(dim=1)
             dh = torch.bmm(dy, w["w_out"])
-            dpre, dgate = hidden_backward(act, dh, pre, gate)
+            dpre, dgate = hidden_backward_(
+                act, dh, pre, gate, torch.empty_like(dh) if glu else None
+            )
             if glu:
                 grads["w_gate"] = torch.bmm(dgate.transpose(1, 2), xs)
             grads["w_in"] = torch.bmm(dpre.transpose(1, 2), xs)
@@ -308,6 +310,36 @@ class _MergeAndApply(torch.autograd.Function):
         if grad_beta is not None:
             grad_beta = grad_beta.to(beta_in.dtype)
         return (grad_x, grad_coeff, grad_beta, None, None, None, None, None, *grad_base, *grad_vec)
+
+
+class _DomainSum(torch.autograd.Function):
+    """NAMEx's direction ``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m`` (NAMEx paper, ICLR 2026), from
+    τ given detached (formed for the Gram matrix) or, with ``tau=None``, as
+    ``Σ_i α_i E_i − (Σ_i α_i) E_m`` (no N·P τ at all), in the parameters' dtype under autocast
+    too (as the Gram matrix). The forward reads N·P numbers once and the backward is analytic,
+    ``dE_i = α_i g`` and ``dE_m = −(Σ_i α_i) g`` (no N·P negation and sum); α gets no gradient
+    (it is solved from a detached Gram matrix). The layer's separate path and the fallback of
+    ``merge_and_apply(direction=)`` off the tiled path."""
+
+    @staticmethod
+    def forward(ctx, alpha, tau, experts, base):  # type: ignore[override]
+        src = experts if tau is None else tau
+        a = alpha.to(src.dtype)
+        ctx.save_for_backward(a)
+        ctx.expert_dtype, ctx.base_dtype = experts.dtype, base.dtype
+        with torch.autocast(src.device.type, enabled=False):  # the parameters' dtype
+            out = (a @ src.reshape(src.shape[0], -1)).view(src.shape[1:])
+            if tau is None:
+                out.addcmul_(base.to(out.dtype), a.sum(), value=-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (a,) = ctx.saved_tensors
+        flat = grad.reshape(1, -1)
+        grad_experts = (a[:, None] * flat).view(a.shape[0], *grad.shape)
+        grad_base = grad * (-a.sum())
+        return None, None, grad_experts.to(ctx.expert_dtype), grad_base.to(ctx.base_dtype)
 
 
 def merge_and_apply(
@@ -421,13 +453,7 @@ def merge_and_apply(
             base_coeff=base_coeff,
             tile_hidden=tile_hidden,
         )
-        a = direction.detach()
-        with torch.autocast(device, enabled=False):  # in the parameters' dtype, as the tiles
-            delta = {
-                n: (a.to(v.dtype) @ v.reshape(v.shape[0], -1)).view(v.shape[1:])
-                - a.sum().to(base[n].dtype) * base[n]
-                for n, v in vectors.items()
-            }
+        delta = {n: _DomainSum.apply(direction, None, v, base[n]) for n, v in vectors.items()}
         return out, delta
     if max_chunk_bytes is None:
         max_chunk_bytes = _MAX_CHUNK_BYTES

@@ -33,7 +33,7 @@ from nashmoe.moe.cache import InferenceCache, parameter_key
 from nashmoe.moe.config import MoEConfig
 from nashmoe.moe.curvature import KroneckerCurvature
 from nashmoe.moe.ffn import activation_fn, dense_ffn, merged_ffn, mixed_ffn, topk_ffn
-from nashmoe.moe.fused import merge_and_apply
+from nashmoe.moe.fused import _DomainSum, merge_and_apply
 from nashmoe.moe.gating import merge_selection, topk_route, update_bias
 from nashmoe.moe.layout import ExpertLayout
 from nashmoe.moe.routing import masked_mean, num_segments, segment_means, split_segments
@@ -477,7 +477,9 @@ class MoEFeedForward(nn.Module):
                 else {k: v.to(compute_dtype) for k, v in part.base.items()}
             )
             out = mixed_ffn(x.reshape(b * s, d), coeff, base, vectors, self.act).view(b, s, -1)
-        else:  # one merged expert per unit (merge_top_k: of the k selected vectors)
+        else:  # one merged expert per unit (merge_top_k: of the k selected vectors); a
+            # deferred NAMEx direction (part.finish) always comes this way (it needs raw
+            # vectors: merge_top_k or segment/sequence units)
             units = x.reshape(b * s, 1, d) if cfg.unit == "token" else x
             if cfg.unit == "segment":
                 units = split_segments(x, cfg.segment_len).reshape(-1, cfg.segment_len, d)
@@ -496,14 +498,6 @@ class MoEFeedForward(nn.Module):
                 part.finish(delta)
                 part.finish = None
             out = out.reshape(b, -1, d)[:, :s]
-        if part.finish is not None:  # not merged by merge_and_apply: the direction by itself
-            part.finish(
-                {
-                    name: _DomainSum.apply(part.alpha, None, e, part.base[name])
-                    for name, e in part.vectors.items()
-                }
-            )
-            part.finish = None
         assignments = flat_scores.argmax(dim=-1, keepdim=True) if index is None else index
         aux = self._losses(logits, flat_scores, assignments)
         self._fill_aux(aux, part)
@@ -704,9 +698,13 @@ class MoEFeedForward(nn.Module):
             part.next_state = None  # no step taken: no diagnostics of it
             return part
         finish = functools.partial(
-            self._propagate, part, incoming=incoming, base=base, players=players
+            self._propagate,
+            part,
+            incoming=incoming,
+            base=base,
+            players=players,
+            layer_index=layer_index,
         )
-        finish = functools.partial(finish, layer_index=layer_index)
         if nash_raw and defer_direction and players is None and not self.bargaining_stats:
             # the merge computes Σ α_i (E_i − E_m) with its tiles (merge_and_apply(direction=)):
             # no separate pass over the experts, and their gradient from the step is added
@@ -923,35 +921,6 @@ def _(gram: Tensor, init: Tensor, max_iter: int, tol: float):
         gram.new_empty(batch[:-1], dtype=torch.int64),
         gram.new_empty(batch[:-1], dtype=torch.int64),
     )
-
-
-class _DomainSum(torch.autograd.Function):
-    """``Σ_i α_i τ_i`` with ``τ_i = E_i − E_m``, from τ given detached (formed for the Gram
-    matrix) or, with ``tau=None``, as ``Σ_i α_i E_i − (Σ_i α_i) E_m`` (no N·P τ at all), in the
-    parameters' dtype under autocast too (as the Gram matrix): the
-    forward reads N·P numbers once and the backward is analytic, ``dE_i = α_i g`` and
-    ``dE_m = −(Σ_i α_i) g`` (no N·P negation and sum); α gets no gradient (it is solved from a
-    detached Gram matrix)."""
-
-    @staticmethod
-    def forward(ctx, alpha, tau, experts, base):  # type: ignore[override]
-        src = experts if tau is None else tau
-        a = alpha.to(src.dtype)
-        ctx.save_for_backward(a)
-        ctx.expert_dtype, ctx.base_dtype = experts.dtype, base.dtype
-        with torch.autocast(src.device.type, enabled=False):  # the parameters' dtype
-            out = (a @ src.reshape(src.shape[0], -1)).view(src.shape[1:])
-            if tau is None:
-                out.addcmul_(base.to(out.dtype), a.sum(), value=-1)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (a,) = ctx.saved_tensors
-        flat = grad.reshape(1, -1)
-        grad_experts = (a[:, None] * flat).view(a.shape[0], *grad.shape)
-        grad_base = grad * (-a.sum())
-        return None, None, grad_experts.to(ctx.expert_dtype), grad_base.to(ctx.base_dtype)
 
 
 @torch.compiler.disable
