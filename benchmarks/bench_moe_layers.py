@@ -15,7 +15,9 @@ dominates the peak.
 
 A method name with the suffix ``@units`` (``camex@units``) runs that method with the merge
 chunked over units (``merge_and_apply(tile_hidden=False)``) instead of the default tiling over
-the hidden dimension, for a side-by-side comparison in one run.
+the hidden dimension, and ``@rebuild`` (``camex@rebuild``) with the merged weights rebuilt in
+the backward pass (``keep_merged_bytes=0``) where the default budget keeps them, for
+side-by-side comparisons in one run.
 """
 
 from __future__ import annotations
@@ -54,17 +56,20 @@ def build(method: str, d: int, f: int, n: int, t: int, layers: int, device, dtyp
 
 @contextlib.contextmanager
 def merge_path(method: str):
-    """``@units`` methods: the unit-chunked merge (``tile_hidden=False``) for the duration."""
+    """``@units``: the unit-chunked merge (``tile_hidden=False``) for the duration;
+    ``@rebuild``: merged weights rebuilt in the backward pass (``keep_merged_bytes=0``)."""
     from nashmoe.moe import fused
 
     defaults = fused.merge_and_apply.__kwdefaults__
-    previous = defaults["tile_hidden"]
+    previous = defaults["tile_hidden"], defaults["keep_merged_bytes"]
     if method.endswith("@units"):
         defaults["tile_hidden"] = False
+    if method.endswith("@rebuild"):
+        defaults["keep_merged_bytes"] = 0
     try:
         yield
     finally:
-        defaults["tile_hidden"] = previous
+        defaults["tile_hidden"], defaults["keep_merged_bytes"] = previous
 
 
 def step(stack, x):
@@ -102,7 +107,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def predicted_s(machine: Machine | None, method, d, f, n, t, tokens, layers, bytes_per):
+def predicted_s(
+    machine: Machine | None, method, d, f, n, t, tokens, layers, bytes_per, device_type="cpu"
+):
     """The cost model's time of the stack (layers × one layer's forward + backward)."""
     if machine is None:
         return None
@@ -111,11 +118,14 @@ def predicted_s(machine: Machine | None, method, d, f, n, t, tokens, layers, byt
 
     kw = dict(d=d, f=f, n=n, tokens=tokens, bytes_per=bytes_per)
     units = method.endswith("@units")
+    rebuild = method.endswith("@rebuild")
     method = method.split("@")[0]
     if method not in ("dense", "smoe"):
-        keep = getattr(fused, "_KEEP_MERGED", False)
-        # merge_and_apply's default path in float32
-        tiled = not keep and bytes_per >= 4 and not units
+        # merge_and_apply's default path in float32 (kept: its default budget, not @rebuild)
+        units_count = -(-tokens // t)
+        budget = 0 if rebuild else fused.keep_merged_budget(device_type)
+        keep = units_count * 2 * d * f * bytes_per <= budget
+        tiled = bytes_per >= 4 and not units and (device_type == "cpu" or not keep)
         kw.update(t=t, keep_merged=keep, tiled=tiled)
         kw["chunk_bytes"] = tiled_module.TILE_BYTES if tiled else fused._MAX_CHUNK_BYTES
     flops, nbytes = layer_cost("camex" if method not in ("dense", "smoe") else method, **kw)
@@ -188,7 +198,16 @@ def bench_shape(
                     else statistics.median(paired_camex),
                     vs_camex_paired_range=None if paired_camex is None else _spread(paired_camex),
                     predicted_s=predicted_s(
-                        machine, m, d, f, n, t, batch * seq, layers, 2 if autocast else 4
+                        machine,
+                        m,
+                        d,
+                        f,
+                        n,
+                        t,
+                        batch * seq,
+                        layers,
+                        2 if autocast else 4,
+                        device.type,
                     ),
                     memory_bytes=memory,
                 )

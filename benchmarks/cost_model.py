@@ -103,7 +103,7 @@ def layer_cost(
     chunk = max(1, min(u, chunk_bytes // (p * s)))
     chunks = -(-u // chunk)
     accumulate = 0.0
-    if tiled and merge_top_k is None and not keep_merged:
+    if tiled and merge_top_k is None:
         from nashmoe.moe.tiled import plan_tiles
 
         chunk, rows = plan_tiles(u, f, 2 * d * s, chunk_bytes)
@@ -117,7 +117,10 @@ def layer_cost(
         k = merge_top_k
         flops = dense_flops + 2 * merges * u * k * p + 4 * u * k * p
         vec_bytes = (merges + 3) * u * k * p * s
-    nbytes = dense_bytes + vec_bytes + 7 * u * p * s + 2.0 * n * p * s + accumulate  # + τ
+    # per-unit weights and their gradients: written, read (forward), rebuilt, read twice
+    # (backward), gradient written and read; kept weights skip the rebuild
+    unit_passes = 6 if keep_merged else 7
+    nbytes = dense_bytes + vec_bytes + unit_passes * u * p * s + 2.0 * n * p * s + accumulate  # + τ
     return flops, nbytes
 
 

@@ -112,11 +112,15 @@ def test_plan_tiles_at_the_benchmark_shapes():
     [(None, (5, 150)), (1, (1, 1)), (5 * 64 * 64, (5, 64)), (2 * 64 * 64, (4, 64))],
     ids=["one-tile", "tiny", "all-units-3-tiles", "unit-chunks"],
 )
-def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, plan, monkeypatch):
+@pytest.mark.parametrize("keep", [False, True], ids=["rebuilt", "kept"])
+def test_tiled_matches_plain_autograd(
+    glu, bias, with_base, with_beta, budget, plan, keep, monkeypatch
+):
     """With tiles of at least 64 rows and f = 150: the budgets give one tile, one row per tile
     and unit, three f-tiles of all five units (64, 64, 22 rows: a remainder), and chunks of 4
     and 1 units (the plans are for w_in/w_out only, 64 bytes per unit and row; GLU and biases
-    give other plans)."""
+    give other plans); the merged weights rebuilt in the backward pass or kept from the
+    forward."""
     monkeypatch.setattr(tiled, "MIN_TILE_ROWS", 64)
     d, f, n, u, t = 4, 150, 3, 5, 3
     ops = _operands(d, f, n, u, t, glu=glu, bias=bias, with_base=with_base, with_beta=with_beta)
@@ -124,7 +128,14 @@ def test_tiled_matches_plain_autograd(glu, bias, with_base, with_beta, budget, p
     if not glu and not bias:
         assert plan_tiles(u, f, 2 * d * 8, TILE_BYTES if budget is None else budget) == plan
     out = tiled_merge_and_apply(
-        x, coeff, base, vectors, activation="gelu", max_chunk_bytes=budget, base_coeff=beta
+        x,
+        coeff,
+        base,
+        vectors,
+        activation="gelu",
+        max_chunk_bytes=budget,
+        base_coeff=beta,
+        keep=keep,
     )
     _check(out, _plain(*ops, "gelu"), _inputs(*ops))
 
@@ -140,11 +151,13 @@ def _plain_direction(alpha, base, vectors):
     "budget", [None, 1, 5 * 64 * 64, 2 * 64 * 64], ids=["one-tile", "tiny", "3-tiles", "chunks"]
 )
 @pytest.mark.parametrize("tile_hidden", [True, False])
-def test_direction_matches_plain_autograd(glu, bias, budget, tile_hidden, monkeypatch):
+@pytest.mark.parametrize("keep_bytes", [0, None], ids=["rebuilt", "kept"])
+def test_direction_matches_plain_autograd(glu, bias, budget, tile_hidden, keep_bytes, monkeypatch):
     """merge_and_apply(direction=a): the output and Σ_i a_i (V_i − B) per tensor, and every
     gradient through both (the direction's folded into the merge's gradient tiles on the tiled
     path, over remainder tiles and unit chunks; a plain expression on the unit-chunked path),
-    equal plain autograd; a gets no gradient."""
+    equal plain autograd, with the merged weights rebuilt or kept (the CPU default at this
+    size); a gets no gradient."""
     monkeypatch.setattr(tiled, "MIN_TILE_ROWS", 64)
     d, f, n, u, t = 4, 150, 3, 5, 3
     ops = _operands(d, f, n, u, t, glu=glu, bias=bias, with_base=True, with_beta=True)
@@ -160,6 +173,7 @@ def test_direction_matches_plain_autograd(glu, bias, budget, tile_hidden, monkey
         base_coeff=beta,
         direction=alpha,
         tile_hidden=tile_hidden,
+        keep_merged_bytes=keep_bytes,
     )
     ref = _plain(*ops, "gelu")
     ref_delta = _plain_direction(alpha, base, vectors)
@@ -295,26 +309,135 @@ def test_unit_chunked_base_coeff_matches_plain_autograd(keep):
 
 
 def test_merge_and_apply_routes_to_the_tiled_path(monkeypatch):
-    """Dense float merges go tiled; sparse merges, kept weights and bf16 do not."""
+    """Dense float merges on the CPU go tiled, keeping the merged weights within the budget
+    (16 MiB by default); sparse merges and bf16 do not."""
     import nashmoe.moe.fused as fused
 
     calls = []
     real = fused.tiled_merge_and_apply
     monkeypatch.setattr(
-        fused, "tiled_merge_and_apply", lambda *a, **k: calls.append(1) or real(*a, **k)
+        fused, "tiled_merge_and_apply", lambda *a, **k: calls.append(k["keep"]) or real(*a, **k)
     )
     x, coeff, _, base, vectors = _operands(
         4, 8, 3, 2, 2, glu=False, bias=False, with_base=True, with_beta=False, dtype=torch.float32
     )
+    assert fused.keep_merged_budget("cpu") == 16 * 2**20
+    assert fused.keep_merged_budget("cuda") == 2 * 2**30
     merge_and_apply(x, coeff, base, vectors, activation="gelu")
-    assert len(calls) == 1
-    merge_and_apply(x, coeff, base, vectors, activation="gelu", keep_merged_bytes=2**30)
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", keep_merged_bytes=0)
+    per_call = 2 * (2 * 4 * 8) * 4  # two units' w_in and w_out, float32
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", keep_merged_bytes=per_call)
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", keep_merged_bytes=per_call - 1)
+    assert calls == [True, False, True, False]
     merge_and_apply(
         x, coeff[:, :2], base, vectors, activation="gelu", index=torch.tensor([[0, 1], [1, 2]])
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         merge_and_apply(x, coeff, base, vectors, activation="gelu")
-    assert len(calls) == 1
+    assert len(calls) == 4
+
+
+def _saved_bytes(fn) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("glu", [False, True])
+def test_kept_weights_skip_the_rebuild(glu, monkeypatch):
+    """keep=True saves the merged w_in, w_gate, w_out (U·f·d numbers each, no biases) and the
+    backward pass runs no merge product for them; the gradients are the rebuilt ones exactly
+    (the same products in the same order); without any input that needs a gradient nothing is
+    kept."""
+    monkeypatch.setattr(tiled, "MIN_TILE_ROWS", 64)
+    d, f, n, u, t = 4, 150, 3, 5, 3
+    ops = _operands(d, f, n, u, t, glu=glu, bias=True, with_base=True, with_beta=True)
+    x, coeff, beta, base, vectors = ops
+    merges = []
+    real = tiled._merge_rows
+    monkeypatch.setattr(tiled, "_merge_rows", lambda *a: merges.append(1) or real(*a))
+
+    def run(keep):
+        return tiled_merge_and_apply(
+            x,
+            coeff,
+            base,
+            vectors,
+            activation="silu",
+            max_chunk_bytes=2 * 64 * 64,
+            base_coeff=beta,
+            keep=keep,
+        )
+
+    kept_numbers = (3 if glu else 2) * u * f * d
+    extra = _saved_bytes(lambda: run(True)) - _saved_bytes(lambda: run(False))
+    assert extra == kept_numbers * 8  # float64
+    results = {}
+    for keep in (False, True):
+        out = run(keep)
+        merges.clear()
+        results[keep] = torch.autograd.grad(out.square().sum(), _inputs(*ops))
+        backward_merges = len(merges)
+        if keep:
+            assert backward_merges == 0  # w_out is not merged through _merge_rows either way
+        else:
+            assert backward_merges > 0
+    for a, b in zip(results[False], results[True]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        assert _saved_bytes(lambda: run(True)) == 0
+
+
+def test_kept_weights_survive_retain_graph_and_interleaved_calls():
+    """Two forward passes before either backward, and a second backward of a retained graph:
+    every call keeps its own weights, so all gradients are those of a fresh call."""
+    ops = _operands(4, 40, 3, 3, 2, glu=True, bias=False, with_base=True, with_beta=False)
+    x, coeff, _, base, vectors = ops
+    inputs = _inputs(*ops)
+
+    def run():
+        return tiled_merge_and_apply(x, coeff, base, vectors, activation="gelu", keep=True)
+
+    want = torch.autograd.grad(run().square().sum(), inputs)
+    first, second = run(), run().mul(2)
+    got_second = torch.autograd.grad(second.square().sum(), inputs, retain_graph=True)
+    got_first = torch.autograd.grad(first.square().sum(), inputs, retain_graph=True)
+    again = torch.autograd.grad(first.square().sum(), inputs)
+    for w, a, b, c in zip(want, got_first, again, got_second):
+        torch.testing.assert_close(a, w)
+        torch.testing.assert_close(b, w)
+        torch.testing.assert_close(c, 4 * w)
+
+
+@pytest.mark.parametrize("method", ["camex", "namex-full-mom"])
+def test_layer_kept_and_rebuilt_agree(method, monkeypatch):
+    """A CAMEx / NAMEx-Full-Mom layer stack on the CPU (float32, kept by default at this size)
+    gives the outputs and parameter gradients of the same stack with the weights rebuilt."""
+    import nashmoe.moe.fused as fused
+
+    torch.manual_seed(0)
+    cfg = MoEConfig(method=method, d_model=16, d_ff=64, num_experts=4, segment_len=8)
+    layers = torch.nn.ModuleList(MoEFeedForward(cfg, owns_base=(i == 0)) for i in range(2))
+    layers[-1].last_in_chain = True
+    x = torch.randn(2, 32, 16)
+    results = []
+    for keep_bytes in (None, 0):
+        monkeypatch.setitem(fused.merge_and_apply.__kwdefaults__, "keep_merged_bytes", keep_bytes)
+        layers.zero_grad(set_to_none=True)
+        h, state = x, None
+        for layer in layers:
+            y, aux = layer(h, state=state, return_aux=True)
+            h, state = h + y, aux.state
+        h.square().mean().backward()
+        results.append([h.detach()] + [p.grad.clone() for p in layers.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- bad input

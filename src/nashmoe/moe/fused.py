@@ -7,7 +7,7 @@ applied with batched matrix products (spec section 5). Letting autograd record t
 ``W_u`` (U·P numbers) and its views alive for the backward pass and zero-fills and copies gradient
 slices; here the function saves what the dense FFN saves (inputs, pre-activations, hidden
 activations) and the (small) merge operands, rebuilds the merged weights in the backward pass
-(or, within ``keep_merged_bytes``, keeps them from the forward: the default off the CPU), and
+(or, within ``keep_merged_bytes``, keeps them from the forward: 16 MiB on the CPU), and
 writes each tensor's gradient directly, so the cost is the dense FFN's plus the
 ``[U, N] × [N, P]`` products. Units are processed in chunks bounded by ``max_chunk_bytes`` of
 merged weights: memory stays bounded for any batch and each chunk's weights stay in cache.
@@ -41,9 +41,16 @@ _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights 
 # one product (one chunk). On the CPU the budget is 0: rebuilding a chunk from the N·P vectors
 # (in cache) measured faster than reading back kept weights evicted by the rest of the step
 # (1.27× vs 1.37× dense at d=128, T=256; 1.96× vs 2.19× at d=256, T=64; docs/results.md).
-_KEEP_MERGED_BYTES = {"cpu": 0}
+# Merged weights kept for the backward pass, per call: on the CPU up to 16 MiB (the tiled merge
+# then skips its rebuild: ~3 % of a step at d = 128, T = 256, where they take 8 MiB; at 32 MiB,
+# d = 256, no gain beyond the noise for +60 % saved memory; docs/results.md), 2 GiB elsewhere.
+_KEEP_MERGED_BYTES = {"cpu": 16 * 2**20}
 _KEEP_MERGED_BYTES_DEFAULT = 2 * 2**30
-_KEEP_MERGED = False  # on the CPU; read by benchmarks/bench_moe_layers.py for the cost model
+
+
+def keep_merged_budget(device: str) -> int:
+    """The default ``keep_merged_bytes`` of :func:`merge_and_apply` on ``device`` (a type)."""
+    return _KEEP_MERGED_BYTES.get(device, _KEEP_MERGED_BYTES_DEFAULT)
 
 
 def _merged(name_shapes, c, base, vectors, idx=None, beta=None, out=None):
@@ -369,8 +376,9 @@ def merge_and_apply(
             applied (units are chunked; a chunk's weights stay in cache between the two).
         keep_merged_bytes: when all units' merged weights fit in this many bytes, the forward
             keeps them for the backward pass instead of rebuilding them there (dense merges
-            only; 0 always rebuilds), and off the CPU merges all units in one product. Default:
-            0 on the CPU (rebuilding a cache-sized chunk measured faster), 2 GiB elsewhere.
+            only; 0 always rebuilds), and off the CPU merges all units in one product. Default
+            (:func:`keep_merged_budget`): 16 MiB on the CPU (small layers, where keeping
+            measured faster at little memory), 2 GiB elsewhere.
         index: ``[U, k]`` (sparse merge, ``merge_top_k``): unit u merges only the vectors
             ``index[u]`` with coefficients ``coeff[u]``; they are gathered per unit, so the merge
             costs U·k·P instead of U·N·P, and only the selected vectors receive gradients.
@@ -383,8 +391,8 @@ def merge_and_apply(
             (:mod:`nashmoe.moe.tiled`: one pass over the merge vectors per product for all
             units; ``max_chunk_bytes`` then bounds one tile, default ``tiled.TILE_BYTES``).
             None (default): wherever it applies, i.e. dense merges (no ``index``) computed in
-            float32/float64 whose merged weights are not kept. True where it does not apply
-            is an error.
+            float32/float64, on the CPU (kept weights are then kept tile by tile) or whose
+            merged weights are not kept. True where it does not apply is an error.
         direction: ``[N]`` weights a (no gradient): also return ``Σ_i a_i (V_i − B)`` per
             tensor, NAMEx's propagation direction with ``V = E`` the raw experts (needs a
             base). On the tiled path it is formed from the tiles the merge reads anyway and its
@@ -419,14 +427,17 @@ def merge_and_apply(
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
     if keep_merged_bytes is None:
-        keep_merged_bytes = _KEEP_MERGED_BYTES.get(device, _KEEP_MERGED_BYTES_DEFAULT)
+        keep_merged_bytes = keep_merged_budget(device)
     keep = per_unit * x.shape[0] <= keep_merged_bytes
-    tileable = index is None and not keep and dtype in (torch.float32, torch.float64)
+    # off the CPU, kept weights go through one unit-chunked product for all units instead
+    tileable = (
+        index is None and dtype in (torch.float32, torch.float64) and (device == "cpu" or not keep)
+    )
     if tile_hidden and not tileable:
         raise ValueError(
-            "tile_hidden=True needs a dense merge (no index) in float32/float64 whose merged "
-            f"weights are not kept (keep_merged_bytes); got index={index is not None}, "
-            f"dtype={dtype}, kept={keep}"
+            "tile_hidden=True needs a dense merge (no index) in float32/float64, on the CPU or "
+            f"with merged weights that are not kept (keep_merged_bytes); got "
+            f"index={index is not None}, dtype={dtype}, device={device}, kept={keep}"
         )
     if tileable and tile_hidden is not False:
         with torch.autocast(device, enabled=False):
@@ -439,6 +450,7 @@ def merge_and_apply(
                 max_chunk_bytes=max_chunk_bytes,
                 base_coeff=base_coeff,
                 direction=direction,
+                keep=keep,
             )
     if direction is not None:
         out = merge_and_apply(

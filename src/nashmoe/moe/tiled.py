@@ -21,9 +21,12 @@ numbers) before its product; transposing ``w_out`` once per call instead measure
 than a plain copy of the same size.
 
 Activations are stored tile by tile in one flat buffer per kind (pre-activation, gate, hidden),
-so nothing is concatenated. Used by ``merge_and_apply`` for dense merges (no ``index``) in float32
-or float64 when the merged weights are not kept (the CPU default); the unit-chunked function
-remains for sparse merges, low-precision compute and kept weights. Tested against plain autograd
+so nothing is concatenated. With ``keep`` the merged matrices are written tile by tile into flat
+buffers of the same layout and saved for the backward pass, which then skips the rebuild (on the
+CPU ``merge_and_apply`` keeps them when they fit its ``keep_merged_bytes`` budget). Used by
+``merge_and_apply`` for dense merges (no ``index``) in float32 or float64 on the CPU (and off
+it when the merged weights are not kept); the unit-chunked function remains for sparse merges,
+low-precision compute and, off the CPU, kept weights in one product. Tested against plain autograd
 and the unit-chunked function (``tests/moe/test_tiled.py``). NAMEx paper (ICLR 2026) and
 CAMEx (ICLR 2025) define the merge; the tiling is ours.
 """
@@ -44,6 +47,8 @@ __all__ = ["MIN_TILE_ROWS", "TILE_BYTES", "plan_tiles", "tiled_merge_and_apply"]
 # slower than all of them at T = 64.
 TILE_BYTES = 4 * 2**20
 MIN_TILE_ROWS = 256
+# the merged matrices that keep=True stores for the backward pass (it needs no merged bias)
+_KEPT = ("w_in", "w_gate", "w_out")
 
 
 def plan_tiles(units: int, hidden: int, row_bytes: int, budget: int) -> tuple[int, int]:
@@ -132,7 +137,7 @@ def _extended(c: Tensor, beta: Tensor | None, has_base: bool) -> Tensor:
 
 class _TiledMergeAndApply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, coeff, beta, direction, activation, names, chunk, rows, *operands):  # type: ignore[override]
+    def forward(ctx, x, coeff, beta, direction, activation, names, chunk, rows, keep, *operands):  # type: ignore[override]
         count = len(names)
         dtype = x.dtype
         base_in, vectors_in = operands[:count], operands[count:]
@@ -151,16 +156,23 @@ class _TiledMergeAndApply(torch.autograd.Function):
             delta = {n: x.new_empty(vectors[n].shape[1:]) for n in names}
 
         scratch = _Scratch(x)
+        # kept merged weights (keep): [U·f·d] per matrix, tile blocks in storage order
+        kept = {n: x.new_empty(units * hidden * d) for n in _KEPT if n in vectors} if keep else {}
 
-        def merged(name: str, f0: int, f1: int, cs: Tensor) -> Tensor:  # merged rows f0:f1
-            v, b = vectors[name], base[name]
+        def target(name: str, u: int, numel: int, at: int) -> Tensor:
+            if name in kept:
+                return kept[name][at : at + u * numel].view(u, numel)
+            return scratch.take(name, u, numel)
+
+        def merged(name: str, f0: int, f1: int, cs: Tensor, at: int = 0) -> Tensor:
+            v, b = vectors[name], base[name]  # merged rows f0:f1
             n = v.shape[0]
             v = v[:, f0:f1].reshape(n, -1)
             return _merge_rows(
                 cs,
                 v,
                 None if b is None else b[f0:f1].reshape(-1),
-                scratch.take(name, cs.shape[0], v.shape[1]),
+                target(name, cs.shape[0], v.shape[1], at),
             )
 
         pre = x.new_empty(units * length * hidden)
@@ -172,6 +184,7 @@ class _TiledMergeAndApply(torch.autograd.Function):
             u, r = e - s, f1 - f0
             cs, xs, ys = c[s:e], x[s:e], y[s:e]
             n_act = u * length * r
+            at = off // length * d  # the tile's block in the kept weights
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
             if has_dir and s == 0:  # the direction's rows f0:f1 (of the tensors tiled by rows)
@@ -183,19 +196,19 @@ class _TiledMergeAndApply(torch.autograd.Function):
                             base[n][f0:f1].reshape(-1),
                             delta[n][f0:f1].view(1, -1),
                         )
-            w_in = merged("w_in", f0, f1, cs).view(u, r, d)
+            w_in = merged("w_in", f0, f1, cs, at).view(u, r, d)
             torch.bmm(xs, w_in.transpose(1, 2), out=pre_b)
             if "b_in" in vectors:
                 pre_b.add_(merged("b_in", f0, f1, cs)[:, None])
             if glu:
-                w_gate = merged("w_gate", f0, f1, cs).view(u, r, d)
+                w_gate = merged("w_gate", f0, f1, cs, at).view(u, r, d)
                 gate_b = gate[off : off + n_act].view(u, length, r)
                 torch.bmm(xs, w_gate.transpose(1, 2), out=gate_b)
                 act_into(activation, gate_b, h_b).mul_(pre_b)
             else:
                 act_into(activation, pre_b, h_b)
             out_tile = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
-            w_out = torch.mm(cs, out_tile, out=scratch.take("w_out", u, d * r)).view(u, d, r)
+            w_out = torch.mm(cs, out_tile, out=target("w_out", u, d * r, at)).view(u, d, r)
             if has_dir and s == 0:
                 delta["w_out"][:, f0:f1].copy_((dir_row @ out_tile).view(d, r))
             if f0 == 0:
@@ -212,6 +225,8 @@ class _TiledMergeAndApply(torch.autograd.Function):
         saved += [b if b is not None else pre for b in base_in]
         saved += list(vectors_in)
         saved += [dir_row if has_dir else pre]
+        ctx.kept = tuple(kept)
+        saved += list(kept.values())
         ctx.save_for_backward(*saved)
         if not has_dir:
             return y
@@ -225,6 +240,8 @@ class _TiledMergeAndApply(torch.autograd.Function):
         beta_in = beta_in if ctx.has_beta else None
         base_in = saved[6 : 6 + count] if ctx.has_base else [None] * count
         vectors_in = saved[6 + count : 6 + 2 * count]
+        kept = dict(zip(ctx.kept, saved[len(saved) - len(ctx.kept) :]))
+        saved = saved[: len(saved) - len(ctx.kept)]
         dir_row = saved[-1][0] if ctx.has_dir else None  # [K]: [a | −Σ a]
         dtype = x.dtype
         base = {n: None if b is None else b.to(dtype) for n, b in zip(names, base_in)}
@@ -258,6 +275,7 @@ class _TiledMergeAndApply(torch.autograd.Function):
             n_act = u * length * r
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
+            at = off // length * d
             # (V tile [N, m], B tile [m] or None) per tensor; w_out's as a contiguous copy
             tile = {
                 n: (v[:, f0:f1].reshape(n_vec, -1), None if base[n] is None else base[n][f0:f1])
@@ -266,9 +284,13 @@ class _TiledMergeAndApply(torch.autograd.Function):
             }
             out_tile = _out_tile(vectors["w_out"], base["w_out"], f0, f1, buf)
             tile["w_out"] = (out_tile[:n_vec], out_tile[n_vec] if ctx.has_base else None)
-            w_in = _merge_rows(cs, *_flat(tile["w_in"]), scratch.take("w_in", u, r * d))
-            w_in = w_in.view(u, r, d)
-            w_out = torch.mm(cs, out_tile, out=scratch.take("w_out", u, d * r)).view(u, d, r)
+            if kept:  # from the forward pass
+                w_in = kept["w_in"][at : at + u * r * d].view(u, r, d)
+                w_out = kept["w_out"][at : at + u * d * r].view(u, d, r)
+            else:
+                w_in = _merge_rows(cs, *_flat(tile["w_in"]), scratch.take("w_in", u, r * d))
+                w_in = w_in.view(u, r, d)
+                w_out = torch.mm(cs, out_tile, out=scratch.take("w_out", u, d * r)).view(u, d, r)
             grads = {
                 "w_out": torch.bmm(dy.transpose(1, 2), h_b, out=scratch.take("g_w_out", u, d, r))
             }
@@ -276,10 +298,13 @@ class _TiledMergeAndApply(torch.autograd.Function):
             gate_b = gate[off : off + n_act].view(u, length, r) if glu else None
             spare = scratch.take("dgate", u, length, r) if glu else None
             dpre, dgate = hidden_backward_(activation, dh, pre_b, gate_b, spare)
-            if glu:
+            if glu and kept:
+                w_gate = kept["w_gate"][at : at + u * r * d].view(u, r, d)
+            elif glu:
                 w_gate = _merge_rows(
                     cs, *_flat(tile["w_gate"]), scratch.take("w_gate", u, r * d)
                 ).view(u, r, d)
+            if glu:
                 grads["w_gate"] = torch.bmm(
                     dgate.transpose(1, 2), xs, out=scratch.take("g_w_gate", u, r, d)
                 )
@@ -334,7 +359,7 @@ class _TiledMergeAndApply(torch.autograd.Function):
             grad_coeff = grad_c_t[:n_vec].T.to(coeff_in.dtype)
         if need_beta:
             grad_beta = grad_c_t[n_vec].to(beta_in.dtype)
-        grads_in = (grad_x, grad_coeff, grad_beta, None, None, None, None, None)
+        grads_in = (grad_x, grad_coeff, grad_beta, None, None, None, None, None, None)
         return (*grads_in, *grad_base, *grad_vec)
 
 
@@ -348,6 +373,7 @@ def tiled_merge_and_apply(
     max_chunk_bytes: int | None = None,
     base_coeff: Tensor | None = None,
     direction: Tensor | None = None,
+    keep: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """``merge_and_apply`` for dense merges, tiled over the hidden dimension (module docstring).
 
@@ -365,6 +391,9 @@ def tiled_merge_and_apply(
         direction: ``[N]`` weights a (detached; needs a base): also return
             ``{name: Σ_i a_i (V_i − B)}``, formed from each tile as one more merge row; its
             gradient is added to the merge's gradient tiles in the backward pass.
+        keep: store every tile's merged ``w_in``, ``w_gate`` and ``w_out`` (U·f·d numbers each)
+            for the backward pass instead of rebuilding them there: one merge product per
+            matrix instead of two, for that much more saved memory.
     """
     names = tuple(vectors)
     if "w_in" not in vectors or "w_out" not in vectors:
@@ -382,6 +411,9 @@ def tiled_merge_and_apply(
         raise ValueError("direction is Σ_i a_i (V_i − B): it needs a base")
     bases = [None if base is None else base[n] for n in names]
     direction = None if direction is None else direction.detach()
+    if keep:  # kept weights serve a backward pass only
+        inputs = [x, coeff, base_coeff, *bases, *(vectors[n] for n in names)]
+        keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out = _TiledMergeAndApply.apply(
         x,
         coeff,
@@ -391,6 +423,7 @@ def tiled_merge_and_apply(
         names,
         chunk,
         rows,
+        keep,
         *bases,
         *(vectors[n] for n in names),
     )
