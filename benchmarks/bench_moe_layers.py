@@ -125,6 +125,7 @@ def predicted_s(
         units_count = -(-tokens // t)
         budget = 0 if rebuild else fused.keep_merged_budget(device_type)
         keep = units_count * 2 * d * f * bytes_per <= budget
+        keep = keep and (device_type != "cpu" or not units)  # the CPU keeps on the tiled path
         tiled = bytes_per >= 4 and not units and (device_type == "cpu" or not keep)
         kw.update(t=t, keep_merged=keep, tiled=tiled)
         kw["chunk_bytes"] = tiled_module.TILE_BYTES if tiled else fused._MAX_CHUNK_BYTES

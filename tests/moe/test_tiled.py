@@ -335,6 +335,19 @@ def test_merge_and_apply_routes_to_the_tiled_path(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         merge_and_apply(x, coeff, base, vectors, activation="gelu")
     assert len(calls) == 4
+    # the unit-chunked function keeps on the CPU only when given a budget
+    kept = []
+    real_apply = fused._MergeAndApply.apply
+    monkeypatch.setattr(
+        fused._MergeAndApply, "apply", lambda *a: kept.append(a[7]) or real_apply(*a)
+    )
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", tile_hidden=False)
+    merge_and_apply(
+        x, coeff, base, vectors, activation="gelu", tile_hidden=False, keep_merged_bytes=2**30
+    )
+    alpha = torch.rand(3)
+    merge_and_apply(x, coeff, base, vectors, activation="gelu", tile_hidden=False, direction=alpha)
+    assert kept == [False, True, False]
 
 
 def _saved_bytes(fn) -> int:

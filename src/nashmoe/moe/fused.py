@@ -38,12 +38,10 @@ _MAX_CHUNK_BYTES = 16 * 2**20  # about 8 units of d=256, f=1024: merged weights 
 # Merged weights of all units (U·P numbers) kept from the forward for the backward pass when they
 # fit in this budget (per call, by device type): the backward then skips the [U, N] × [N, P]
 # rebuild and its pass over the N·P merge vectors; on accelerators all units are then merged with
-# one product (one chunk). On the CPU the budget is 0: rebuilding a chunk from the N·P vectors
-# (in cache) measured faster than reading back kept weights evicted by the rest of the step
-# (1.27× vs 1.37× dense at d=128, T=256; 1.96× vs 2.19× at d=256, T=64; docs/results.md).
-# Merged weights kept for the backward pass, per call: on the CPU up to 16 MiB (the tiled merge
-# then skips its rebuild: ~3 % of a step at d = 128, T = 256, where they take 8 MiB; at 32 MiB,
-# d = 256, no gain beyond the noise for +60 % saved memory; docs/results.md), 2 GiB elsewhere.
+# one product (one chunk). On the CPU 16 MiB: the tiled merge keeps tile by tile, which measured
+# ~3 % of a step faster at d = 128, T = 256 (8 MiB per call) and level at d = 256 (32 MiB, +60 %
+# saved memory); the unit-chunked function's kept weights measured slower than its rebuild
+# (1.37× vs 1.27× dense at d=128, T=256; docs/results.md, issue 15).
 _KEEP_MERGED_BYTES = {"cpu": 16 * 2**20}
 _KEEP_MERGED_BYTES_DEFAULT = 2 * 2**30
 
@@ -377,8 +375,9 @@ def merge_and_apply(
         keep_merged_bytes: when all units' merged weights fit in this many bytes, the forward
             keeps them for the backward pass instead of rebuilding them there (dense merges
             only; 0 always rebuilds), and off the CPU merges all units in one product. Default
-            (:func:`keep_merged_budget`): 16 MiB on the CPU (small layers, where keeping
-            measured faster at little memory), 2 GiB elsewhere.
+            (:func:`keep_merged_budget`): 16 MiB on the CPU for the tiled path (small layers,
+            where keeping measured faster at little memory; the unit-chunked path rebuilds
+            there unless given a budget), 2 GiB elsewhere.
         index: ``[U, k]`` (sparse merge, ``merge_top_k``): unit u merges only the vectors
             ``index[u]`` with coefficients ``coeff[u]``; they are gathered per unit, so the merge
             costs U·k·P instead of U·N·P, and only the selected vectors receive gradients.
@@ -426,7 +425,8 @@ def merge_and_apply(
     per_unit = (
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
-    if keep_merged_bytes is None:
+    default_budget = keep_merged_bytes is None
+    if default_budget:
         keep_merged_bytes = keep_merged_budget(device)
     keep = per_unit * x.shape[0] <= keep_merged_bytes
     # off the CPU, kept weights go through one unit-chunked product for all units instead
@@ -452,6 +452,8 @@ def merge_and_apply(
                 direction=direction,
                 keep=keep,
             )
+    if default_budget and device == "cpu":
+        keep = False  # the CPU budget is for the tiled path (the unit-chunked rebuild is faster)
     if direction is not None:
         out = merge_and_apply(
             x,
@@ -460,7 +462,7 @@ def merge_and_apply(
             vectors,
             activation=activation,
             max_chunk_bytes=max_chunk_bytes,
-            keep_merged_bytes=keep_merged_bytes,
+            keep_merged_bytes=keep_merged_bytes if keep else 0,
             index=index,
             base_coeff=base_coeff,
             tile_hidden=tile_hidden,
