@@ -121,12 +121,14 @@ def predicted_s(
     rebuild = method.endswith("@rebuild")
     method = method.split("@")[0]
     if method not in ("dense", "smoe"):
-        # merge_and_apply's default path in float32 (kept: its default budget, not @rebuild)
-        units_count = -(-tokens // t)
-        budget = 0 if rebuild else fused.keep_merged_budget(device_type)
-        keep = units_count * 2 * d * f * bytes_per <= budget
-        keep = keep and (device_type != "cpu" or not units)  # the CPU keeps on the tiled path
-        tiled = bytes_per >= 4 and not units and (device_type == "cpu" or not keep)
+        # merge_and_apply's plan (its default keep budget, or none with @rebuild)
+        tiled, keep = fused.merge_plan(
+            -(-tokens // t) * 2 * d * f * bytes_per,
+            device_type,
+            torch.float32 if bytes_per >= 4 else torch.bfloat16,
+            tile_hidden=False if units else None,
+            keep_merged_bytes=0 if rebuild else None,
+        )
         kw.update(t=t, keep_merged=keep, tiled=tiled)
         kw["chunk_bytes"] = tiled_module.TILE_BYTES if tiled else fused._MAX_CHUNK_BYTES
     flops, nbytes = layer_cost("camex" if method not in ("dense", "smoe") else method, **kw)

@@ -350,6 +350,45 @@ def test_merge_and_apply_routes_to_the_tiled_path(monkeypatch):
     assert kept == [False, True, False]
 
 
+def test_merge_plan():
+    """The path and the keep decision by device, dtype and budget (merge_and_apply's and the
+    benchmark's cost model's): the CPU keeps within 16 MiB on the tiled path only; off the CPU
+    kept weights take the unit-chunked path (one product), unkept float ones the tiled path."""
+    from nashmoe.moe.fused import merge_plan
+
+    mib, f32, bf16 = 2**20, torch.float32, torch.bfloat16
+    assert merge_plan(8 * mib, "cpu", f32) == (True, True)
+    assert merge_plan(32 * mib, "cpu", f32) == (True, False)
+    assert merge_plan(8 * mib, "cpu", f32, keep_merged_bytes=0) == (True, False)
+    assert merge_plan(8 * mib, "cpu", f32, tile_hidden=False) == (False, False)
+    assert merge_plan(8 * mib, "cpu", f32, tile_hidden=False, keep_merged_bytes=mib * 8) == (
+        False,
+        True,
+    )
+    assert merge_plan(8 * mib, "cpu", bf16) == (False, False)
+    assert merge_plan(8 * mib, "cpu", f32, sparse=True) == (False, False)
+    assert merge_plan(8 * mib, "cuda", f32) == (False, True)
+    assert merge_plan(8 * mib, "cuda", f32, keep_merged_bytes=0) == (True, False)
+    assert merge_plan(8 * mib, "cuda", bf16) == (False, True)
+    with pytest.raises(ValueError, match="tile_hidden=True needs a dense merge"):
+        merge_plan(8 * mib, "cuda", f32, tile_hidden=True)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_units_without_tokens(keep):
+    """Units of zero tokens (``[U, 0, d]``): an empty output and zero gradients, kept or not."""
+    ops = _operands(4, 40, 3, 3, 0, glu=True, bias=True, with_base=True, with_beta=True)
+    x, coeff, beta, base, vectors = ops
+    out = tiled_merge_and_apply(
+        x, coeff, base, vectors, activation="gelu", base_coeff=beta, keep=keep
+    )
+    assert out.shape == (3, 0, 4)
+    grads = torch.autograd.grad(out.sum(), _inputs(*ops), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    out = merge_and_apply(x, coeff, base, vectors, activation="gelu", base_coeff=beta)
+    assert out.shape == (3, 0, 4)
+
+
 def _saved_bytes(fn) -> int:
     storages: dict[int, int] = {}
 
@@ -372,9 +411,16 @@ def test_kept_weights_skip_the_rebuild(glu, monkeypatch):
     d, f, n, u, t = 4, 150, 3, 5, 3
     ops = _operands(d, f, n, u, t, glu=glu, bias=True, with_base=True, with_beta=True)
     x, coeff, beta, base, vectors = ops
-    merges = []
-    real = tiled._merge_rows
-    monkeypatch.setattr(tiled, "_merge_rows", lambda *a: merges.append(1) or real(*a))
+    merges = []  # merge products: c [u, K] (not its transpose) times a tile
+    real_rows, real_mm = tiled._merge_rows, torch.mm
+    monkeypatch.setattr(tiled, "_merge_rows", lambda *a: merges.append(1) or real_rows(*a))
+
+    def mm(a, b, **kw):
+        if a.is_contiguous() and a.shape[1] == n + 1:  # w_out's merge (cᵀ g is transposed)
+            merges.append(1)
+        return real_mm(a, b, **kw)
+
+    monkeypatch.setattr(torch, "mm", mm)
 
     def run(keep):
         return tiled_merge_and_apply(
@@ -397,10 +443,10 @@ def test_kept_weights_skip_the_rebuild(glu, monkeypatch):
         merges.clear()
         results[keep] = torch.autograd.grad(out.square().sum(), _inputs(*ops))
         backward_merges = len(merges)
-        if keep:
-            assert backward_merges == 0  # w_out is not merged through _merge_rows either way
-        else:
-            assert backward_merges > 0
+        per_row = d * (3 if glu else 2) + 1  # w_in, w_gate?, w_out, b_in: numbers per f-row
+        tiles = len(list(tiled._tiles(u, f, *plan_tiles(u, f, per_row * 8, 2 * 64 * 64))))
+        assert tiles > 1
+        assert backward_merges == (0 if keep else tiles * (3 if glu else 2))
     for a, b in zip(results[False], results[True]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with torch.no_grad():

@@ -51,6 +51,38 @@ def keep_merged_budget(device: str) -> int:
     return _KEEP_MERGED_BYTES.get(device, _KEEP_MERGED_BYTES_DEFAULT)
 
 
+def merge_plan(
+    merged_bytes: int,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    sparse: bool = False,
+    tile_hidden: bool | None = None,
+    keep_merged_bytes: int | None = None,
+) -> tuple[bool, bool]:
+    """``(tiled, keep)``: whether :func:`merge_and_apply` takes the tiled path for merged weights
+    of ``merged_bytes`` (all units) on ``device`` (a type) in compute ``dtype``, and whether it
+    keeps them for the backward pass (its arguments ``index is not None``, ``tile_hidden`` and
+    ``keep_merged_bytes`` as given). Off the CPU kept weights go through one unit-chunked
+    product instead of tiles; the CPU's default budget applies to the tiled path only (the
+    unit-chunked rebuild measured faster there)."""
+    budget = keep_merged_budget(device) if keep_merged_bytes is None else keep_merged_bytes
+    keep = merged_bytes <= budget
+    tileable = (
+        not sparse and dtype in (torch.float32, torch.float64) and (device == "cpu" or not keep)
+    )
+    if tile_hidden and not tileable:
+        raise ValueError(
+            "tile_hidden=True needs a dense merge (no index) in float32/float64, on the CPU or "
+            f"with merged weights that are not kept (keep_merged_bytes); got sparse={sparse}, "
+            f"dtype={dtype}, device={device}, kept={keep}"
+        )
+    tiled = tileable and tile_hidden is not False
+    if not tiled and keep_merged_bytes is None and device == "cpu":
+        keep = False
+    return tiled, keep
+
+
 def _merged(name_shapes, c, base, vectors, idx=None, beta=None, out=None):
     """Merged weights of a chunk of u units: ``{name: [u, *shape]}``.
 
@@ -425,21 +457,15 @@ def merge_and_apply(
     per_unit = (
         sum(math.prod(s) for _, s in name_shapes) * torch.empty((), dtype=dtype).element_size()
     )
-    default_budget = keep_merged_bytes is None
-    if default_budget:
-        keep_merged_bytes = keep_merged_budget(device)
-    keep = per_unit * x.shape[0] <= keep_merged_bytes
-    # off the CPU, kept weights go through one unit-chunked product for all units instead
-    tileable = (
-        index is None and dtype in (torch.float32, torch.float64) and (device == "cpu" or not keep)
+    tiled, keep = merge_plan(
+        per_unit * x.shape[0],
+        device,
+        dtype,
+        sparse=index is not None,
+        tile_hidden=tile_hidden,
+        keep_merged_bytes=keep_merged_bytes,
     )
-    if tile_hidden and not tileable:
-        raise ValueError(
-            "tile_hidden=True needs a dense merge (no index) in float32/float64, on the CPU or "
-            f"with merged weights that are not kept (keep_merged_bytes); got "
-            f"index={index is not None}, dtype={dtype}, device={device}, kept={keep}"
-        )
-    if tileable and tile_hidden is not False:
+    if tiled:
         with torch.autocast(device, enabled=False):
             return tiled_merge_and_apply(
                 x.to(dtype),
@@ -452,8 +478,6 @@ def merge_and_apply(
                 direction=direction,
                 keep=keep,
             )
-    if default_budget and device == "cpu":
-        keep = False  # the CPU budget is for the tiled path (the unit-chunked rebuild is faster)
     if direction is not None:
         out = merge_and_apply(
             x,
@@ -462,7 +486,7 @@ def merge_and_apply(
             vectors,
             activation=activation,
             max_chunk_bytes=max_chunk_bytes,
-            keep_merged_bytes=keep_merged_bytes if keep else 0,
+            keep_merged_bytes=per_unit * x.shape[0] if keep else 0,  # the plan made here
             index=index,
             base_coeff=base_coeff,
             tile_hidden=tile_hidden,
@@ -472,7 +496,7 @@ def merge_and_apply(
     if max_chunk_bytes is None:
         max_chunk_bytes = _MAX_CHUNK_BYTES
     if keep and device != "cpu":  # memory allows: one merge product for all units
-        max_chunk_bytes = max(max_chunk_bytes, keep_merged_bytes)
+        max_chunk_bytes = max(max_chunk_bytes, per_unit * x.shape[0])
     chunk = max(1, min(x.shape[0], max_chunk_bytes // max(per_unit, 1)))
     bases = [None if base is None else base[n] for n in names]
     vecs = [vectors[n] for n in names]

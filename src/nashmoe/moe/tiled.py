@@ -67,16 +67,17 @@ def plan_tiles(units: int, hidden: int, row_bytes: int, budget: int) -> tuple[in
     return chunk, rows
 
 
-def _tiles(units: int, hidden: int, chunk: int, rows: int, length: int):
-    """(unit start, unit stop, row start, row stop, offset of the block in a flat activation
-    buffer) in storage order."""
-    offset = 0
+def _tiles(units: int, hidden: int, chunk: int, rows: int):
+    """(unit start, unit stop, row start, row stop, rows before the block) in storage order: a
+    block starts at ``before · length`` in a flat activation buffer and at ``before · d`` in
+    the kept weights."""
+    before = 0
     for s in range(0, units, chunk):
         e = min(units, s + chunk)
         for f0 in range(0, hidden, rows):
             f1 = min(hidden, f0 + rows)
-            yield s, e, f0, f1, offset
-            offset += (e - s) * length * (f1 - f0)
+            yield s, e, f0, f1, before
+            before += (e - s) * (f1 - f0)
 
 
 class _Scratch:
@@ -180,11 +181,11 @@ class _TiledMergeAndApply(torch.autograd.Function):
         h = x.new_empty(units * length * hidden)
         y = x.new_empty(units, length, d)
         buf = x.new_empty(k * d * min(rows, hidden))
-        for s, e, f0, f1, off in _tiles(units, hidden, chunk, rows, length):
+        for s, e, f0, f1, before in _tiles(units, hidden, chunk, rows):
             u, r = e - s, f1 - f0
             cs, xs, ys = c[s:e], x[s:e], y[s:e]
             n_act = u * length * r
-            at = off // length * d  # the tile's block in the kept weights
+            off, at = before * length, before * d  # the block in the activations, kept weights
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
             if has_dir and s == 0:  # the direction's rows f0:f1 (of the tensors tiled by rows)
@@ -268,14 +269,14 @@ class _TiledMergeAndApply(torch.autograd.Function):
         # the direction's gradient g: a_i g to V_i and −(Σ a) g to B, added to the first unit
         # chunk's gradient tiles while they are in cache
         gd = {n: g.to(dtype) for n, g in zip(names, grad_delta)} if ctx.has_dir else None
-        for s, e, f0, f1, off in _tiles(units, hidden, ctx.chunk, ctx.rows, length):
+        for s, e, f0, f1, before in _tiles(units, hidden, ctx.chunk, ctx.rows):
             u, r = e - s, f1 - f0
             first = s == 0  # the first unit chunk writes the vectors' gradient tile
             cs, xs, dy = c[s:e], x[s:e], grad_y[s:e]
             n_act = u * length * r
+            off, at = before * length, before * d
             pre_b = pre[off : off + n_act].view(u, length, r)
             h_b = h[off : off + n_act].view(u, length, r)
-            at = off // length * d
             # (V tile [N, m], B tile [m] or None) per tensor; w_out's as a contiguous copy
             tile = {
                 n: (v[:, f0:f1].reshape(n_vec, -1), None if base[n] is None else base[n][f0:f1])
